@@ -1,0 +1,28 @@
+"""bes: learned best-effort LLM serving in JAX."""
+import setuptools
+
+setuptools.setup(
+    name="bes",
+    version="0.1.0",
+    description="Learned best-effort LLM serving: a jitted serving simulator, "
+    "a learned router and Flax OPT engines.",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["bes", "bes.*"]),
+    package_data={"bes": ["data/*", "data/*/*"]},
+    include_package_data=True,
+    install_requires=[
+        "jax>=0.7,<0.11",
+        "flax>=0.11,<0.13",
+        "optax>=0.2.4,<0.3",
+        "chex>=0.1.89,<0.2",
+        "numpy>=1.26,<3",
+        "absl-py>=2.1,<3",
+        "ml_collections>=1.0,<2",
+        "safetensors>=0.4,<1",
+        "transformers>=4.45,<6",
+    ],
+    extras_require={
+        # torch is the conformance oracle only: the package itself never imports it.
+        "test": ["pytest>=8", "torch>=2.4,<2.15"],
+    },
+)
