@@ -1,0 +1,282 @@
+"""The serving cluster as a gymnax-style environment: one step per arriving request.
+
+`reset(key, params) -> (obs, state)` and `step(key, state, action, params) -> (obs, state,
+reward, done, info)` are pure and jittable; `jax.vmap` runs many environments at once. The
+action is the model (index into the profile's models) that serves the request observed.
+
+A step (request i arrives at a_i):
+  1. request i joins the least-loaded instance of the chosen model, or is rejected;
+  2. the next request i+1 is drawn from the workload (gap g = a_{i+1} - a_i microseconds);
+  3. every instance advances through all iteration ends <= a_{i+1} (the last step of an
+     episode drains every instance instead), completing requests.
+The reward is the sum of the utilities of the requests whose outcome became final in this
+step: completions in (a_i, a_{i+1}] and request i's own rejection. An episode's rewards sum
+to its requests' utilities. When an episode ends the instances are already drained, so the
+automatic reset only resets counters and draws the first request of the next episode.
+
+Static configuration (shapes) lives in `ServingEnv`; everything numeric lives in
+`EnvParams`, a pytree that can be vmapped over (deadlines, rates, reward mode, ...).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from bes import clock
+from bes.env import instances as inst
+from bes.requests import Requests
+from bes.serving_config import ServingConfig
+
+
+@struct.dataclass
+class EnvParams:
+  """Numbers of the serving model (a pytree; vmappable).
+
+  groups: per-model latency tables (`instances.GroupParams`), in profile order.
+  quality: float32 [M, T] accuracy of model m on task t.
+  deadline_us: int32 [T] latency budget per task; deadline_per_token_us: int32 scalar.
+  soft: bool scalar (soft deadlines); soft_window_us: int32; miss_penalty: float32.
+  rate_ema_alpha: float32, weight of the newest inter-arrival gap in the rate estimate.
+  workload: the request stream (any object with `init(key)` and `next(key, state)`).
+  """
+  groups: tuple
+  quality: jnp.ndarray
+  deadline_us: jnp.ndarray
+  deadline_per_token_us: jnp.ndarray
+  soft: jnp.ndarray
+  soft_window_us: jnp.ndarray
+  miss_penalty: jnp.ndarray
+  rate_ema_alpha: jnp.ndarray
+  workload: Any
+
+
+@struct.dataclass
+class Outcomes:
+  """Per-request outcomes of the current episode, arrays [episode_len] (recording mode only).
+
+  model = -1 marks a request without an outcome yet; latency_us = -1 when rejected.
+  """
+  model: jnp.ndarray       # int32
+  instance: jnp.ndarray    # int32, index within the model
+  latency_us: jnp.ndarray  # int32
+  on_time: jnp.ndarray     # bool
+  rejected: jnp.ndarray    # bool
+  utility: jnp.ndarray     # float32
+  gap_us: jnp.ndarray      # int32, the request's arrival gap (arrivals are its cumsum)
+  task: jnp.ndarray        # int32
+
+
+@struct.dataclass
+class EnvState:
+  groups: tuple             # instances.GroupState per model
+  request: Requests         # the request arriving now (scalar fields)
+  index: jnp.ndarray        # int32, its index in the episode
+  now: jnp.ndarray          # int32, its arrival time (microseconds, wrapping clock)
+  ema_gap_s: jnp.ndarray    # float32, moving average of inter-arrival gaps (seconds)
+  workload: Any             # the workload stream's state
+  outcomes: Outcomes | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingEnv:
+  """Static shape of the environment: the deployment, the queues, the episode.
+
+  Attributes:
+    instances, max_batch: per model, from the profile.
+    num_tasks: tasks in the profile.
+    queue_capacity: waiting slots per instance.
+    episode_len: requests per episode.
+    record: keep per-request `Outcomes` in the state (evaluation, checks); off for training.
+  """
+  instances: tuple[int, ...]
+  max_batch: tuple[int, ...]
+  num_tasks: int
+  queue_capacity: int
+  episode_len: int
+  record: bool = False
+
+  @property
+  def num_models(self) -> int:
+    return len(self.instances)
+
+  @property
+  def obs_size(self) -> int:
+    return self.num_tasks + self.num_models + 1
+
+  # ----------------------------------------------------------------------------- reset / step
+  def reset(self, key: jax.Array, params: EnvParams):
+    """Empty instances; the first request of an episode arrives. Returns (obs, state)."""
+    groups = tuple(inst.init_group(i, b, self.queue_capacity, self.record)
+                   for i, b in zip(self.instances, self.max_batch))
+    k_init, k_next = jax.random.split(key)
+    wstate = params.workload.init(k_init)
+    request, wstate = params.workload.next(k_next, wstate)
+    outcomes = self._empty_outcomes() if self.record else None
+    state = EnvState(groups=groups, request=request, index=jnp.int32(0), now=jnp.int32(0),
+                     ema_gap_s=NO_GAP_YET, workload=wstate, outcomes=outcomes)
+    return self.observe(state, params), state
+
+  def step(self, key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams):
+    """Routes the current request to model `action`; runs until the next arrival."""
+    req, idx, now = state.request, state.index, state.now
+    action = jnp.asarray(action, jnp.int32)
+    budget = params.deadline_us[req.task] + params.deadline_per_token_us * req.output_len
+    fields = dict(left=req.output_len, deadline=now + budget, prompt=req.prompt_len,
+                  arrival=now, req=idx)
+    groups, instance, rejected = [], jnp.int32(0), jnp.bool_(False)
+    for m, (gs, gp) in enumerate(zip(state.groups, params.groups)):
+      chosen = action == m
+      fields["quality"] = params.quality[m, req.task]
+      gs, i_m, rej_m = inst.join(gs, gp, chosen, now, fields)
+      groups.append(gs)
+      instance = jnp.where(chosen, i_m, instance)
+      rejected = rejected | rej_m
+    penalty = -params.miss_penalty
+    reward = jnp.where(rejected, penalty, 0.0).astype(jnp.float32)
+    outcomes = state.outcomes
+    if self.record:
+      outcomes = outcomes.replace(
+          model=outcomes.model.at[idx].set(action), instance=outcomes.instance.at[idx].set(instance),
+          rejected=outcomes.rejected.at[idx].set(rejected),
+          utility=outcomes.utility.at[idx].set(jnp.where(rejected, penalty, 0.0)),
+          latency_us=outcomes.latency_us.at[idx].set(-1), on_time=outcomes.on_time.at[idx].set(False),
+          gap_us=outcomes.gap_us.at[idx].set(req.gap_us), task=outcomes.task.at[idx].set(req.task))
+
+    last = idx == self.episode_len - 1
+    k_next, k_reset = jax.random.split(key)
+    next_req, wstate = params.workload.next(k_next, state.workload)
+    until = now + next_req.gap_us                                  # wraps: see instances.py
+    groups, step_stats, outcomes = self._advance(tuple(groups), params, until, last, outcomes)
+    reward = reward + step_stats["utility"]
+
+    ema = _update_gap_ema(state.ema_gap_s, next_req.gap_us, params.rate_ema_alpha)
+    state = state.replace(groups=groups, request=next_req, index=idx + 1, now=until, ema_gap_s=ema,
+                          workload=wstate, outcomes=outcomes)
+    # Auto-reset: the drained instances are already empty; start the next episode's stream.
+    k_init, k_first = jax.random.split(k_reset)
+    reset_wstate = params.workload.init(k_init)
+    first_req, reset_wstate = params.workload.next(k_first, reset_wstate)
+    pick = lambda a, b: jax.tree_util.tree_map(lambda x, y: jnp.where(last, x, y), a, b)
+    state = state.replace(
+        request=pick(first_req, state.request), index=jnp.where(last, 0, state.index),
+        ema_gap_s=jnp.where(last, NO_GAP_YET, state.ema_gap_s),
+        workload=pick(reset_wstate, state.workload))
+    info = dict(step_stats, rejected=rejected, instance=instance)
+    return self.observe(state, params), state, reward, last, info
+
+  # ----------------------------------------------------------------------------- observation
+  def observe(self, state: EnvState, params: EnvParams) -> jnp.ndarray:
+    """float32 [T + M + 1]: task one-hot, per-model load, estimated arrival rate (req/s).
+
+    Load of model m = running + waiting over its instances / (instances * max_batch); it
+    exceeds 1 when requests wait. The rate is 1 / (exponential moving average of the
+    inter-arrival gaps seen in this episode), 0 for the first request of an episode.
+    The request's output length is never observed.
+    """
+    del params
+    task = jax.nn.one_hot(state.request.task, self.num_tasks, dtype=jnp.float32)
+    loads = jnp.stack([inst.load(gs).sum() / (i * b) for gs, i, b in
+                       zip(state.groups, self.instances, self.max_batch)]).astype(jnp.float32)
+    rate = jnp.where(state.ema_gap_s < 0, 0.0, 1.0 / jnp.maximum(state.ema_gap_s, 1e-6))
+    return jnp.concatenate([task, loads, rate[None]])
+
+  # ----------------------------------------------------------------------------- internals
+  def _advance(self, groups, params: EnvParams, until, drain, outcomes):
+    """Runs every group through all iteration ends <= until (all, if drain); sums utilities."""
+    zero_stats = dict(utility=jnp.float32(0), completed=jnp.int32(0), on_time=jnp.int32(0))
+    new_groups = []
+    stats = zero_stats
+    for m, (gs, gp) in enumerate(zip(groups, params.groups)):
+      def body(carry, gp=gp):
+        gs, stats, outcomes = carry
+        gs, c = inst.advance_pass(gs, gp, until, drain)
+        utility = self._utility(c, params)
+        stats = dict(utility=stats["utility"] + jnp.where(c.done, utility, 0.0).sum(),
+                     completed=stats["completed"] + c.done.sum(dtype=jnp.int32),
+                     on_time=stats["on_time"] + (c.done & (c.late_us <= 0)).sum(dtype=jnp.int32))
+        if self.record:
+          rows = jnp.where(c.done, c.req, self.episode_len).reshape(-1)   # out of range: dropped
+          outcomes = outcomes.replace(
+              latency_us=outcomes.latency_us.at[rows].set(c.latency_us.reshape(-1), mode="drop"),
+              on_time=outcomes.on_time.at[rows].set((c.late_us <= 0).reshape(-1), mode="drop"),
+              utility=outcomes.utility.at[rows].set(utility.reshape(-1), mode="drop"))
+        return gs, stats, outcomes
+
+      cond = lambda carry: inst.pending(carry[0], until, drain)
+      gs, stats, outcomes = jax.lax.while_loop(cond, body, (gs, stats, outcomes))
+      new_groups.append(gs)
+    return tuple(new_groups), stats, outcomes
+
+  @staticmethod
+  def _utility(c: inst.Completions, params: EnvParams):
+    """Utility of completed requests, float32 [I, B] (design page, 'Utility of a request')."""
+    late = c.late_us.astype(jnp.float32)
+    soft = c.quality * jnp.maximum(0.0, 1.0 - late / params.soft_window_us.astype(jnp.float32))
+    late_utility = jnp.where(params.soft, soft, -params.miss_penalty)
+    return jnp.where(c.late_us <= 0, c.quality, late_utility).astype(jnp.float32)
+
+  def _empty_outcomes(self) -> Outcomes:
+    n = self.episode_len
+    return Outcomes(model=jnp.full((n,), -1, jnp.int32), instance=jnp.full((n,), -1, jnp.int32),
+                    latency_us=jnp.full((n,), -1, jnp.int32), on_time=jnp.zeros((n,), bool),
+                    rejected=jnp.zeros((n,), bool), utility=jnp.zeros((n,), jnp.float32),
+                    gap_us=jnp.zeros((n,), jnp.int32), task=jnp.zeros((n,), jnp.int32))
+
+
+NO_GAP_YET = jnp.float32(-1.0)
+
+
+def _update_gap_ema(ema_s, gap_us, alpha):
+  """Moving average of inter-arrival gaps in seconds; the first gap initialises it."""
+  gap_s = gap_us.astype(jnp.float32) / clock.US_PER_S
+  return jnp.where(ema_s < 0, gap_s, (1 - alpha) * ema_s + alpha * gap_s)
+
+
+# --------------------------------------------------------------------------------- builders
+def make_env(profile, config: ServingConfig, workload, episode_len: int, record: bool = False,
+             rate_ema_alpha: float = 0.1) -> tuple[ServingEnv, EnvParams]:
+  """The environment and its parameters for a profile, a serving config and a workload."""
+  num_tasks = len(profile.tasks)
+  config.validate(num_tasks)
+  if int(episode_len) < 1:
+    raise ValueError(f"episode_len must be >= 1, got {episode_len}")
+  if not 0.0 < rate_ema_alpha <= 1.0:
+    raise ValueError(f"rate_ema_alpha must be in (0, 1], got {rate_ema_alpha}")
+  env = ServingEnv(instances=tuple(m.instances for m in profile.models),
+                   max_batch=tuple(m.max_batch for m in profile.models), num_tasks=num_tasks,
+                   queue_capacity=int(config.queue_capacity), episode_len=int(episode_len),
+                   record=record)
+  params = EnvParams(
+      groups=tuple(group_params(m) for m in profile.models),
+      quality=jnp.asarray(profile.quality_matrix(), jnp.float32),
+      deadline_us=jnp.asarray(_int32(config.deadline_us(num_tasks), "deadline_s")),
+      deadline_per_token_us=jnp.int32(_int32(config.deadline_per_token_us, "deadline_per_token_s")),
+      soft=jnp.bool_(config.reward == "soft"),
+      soft_window_us=jnp.int32(_int32(config.soft_window_us, "soft_window_s")),
+      miss_penalty=jnp.float32(config.miss_penalty), rate_ema_alpha=jnp.float32(rate_ema_alpha),
+      workload=workload)
+  return env, params
+
+
+def group_params(model) -> inst.GroupParams:
+  """Quantises one model's latency (seconds) to the simulator's integer clock."""
+  decode = clock.seconds_to_us(model.decode_step_s)
+  if np.any(decode < 1):
+    raise ValueError(f"model {model.name!r}: decode_step_s must be >= 1 microsecond after rounding")
+  return inst.GroupParams(
+      decode_us=jnp.asarray(_int32(np.concatenate([[0], decode]), f"{model.name}.decode_step_s")),
+      prefill_fixed_us=jnp.int32(_int32(clock.seconds_to_us(model.prefill_s_fixed), "prefill_s_fixed")),
+      prefill_per_token_ns=jnp.int32(_int32(clock.seconds_to_ns(model.prefill_s_per_token),
+                                            "prefill_s_per_token")))
+
+
+def _int32(x, what: str):
+  x = np.asarray(x)
+  if np.any(x > np.iinfo(np.int32).max // 4) or np.any(x < 0):
+    raise ValueError(f"{what}: {x} is out of range for the int32 microsecond clock")
+  return x.astype(np.int32)
