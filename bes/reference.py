@@ -1,0 +1,335 @@
+"""The plain-Python, event-by-event reference simulator of the serving model (the oracle).
+
+A literal implementation of `/work/shared/design/serving-model.md`, written independently
+of the jitted environment (`bes.env`) so the two can be tested against each other request
+by request. Every instance keeps a FIFO `deque` waiting queue and a running list; time
+advances iteration by iteration and every running request produces one token per
+iteration (no closed-form skipping). A global heap orders iteration ends; arrivals are
+taken in trace order and routed after every iteration end at or before them.
+
+Decisions where the design page is silent (shared with the jitted environment):
+
+* Clock: integer microseconds (`bes.clock`). Per model, `decode_us[b] =
+  seconds_to_us(decode_step_s[b-1])`, `fixed_us = seconds_to_us(prefill_s_fixed)`,
+  `per_token_ns = seconds_to_ns(prefill_s_per_token)`. An iteration with running batch b
+  (after admission) lasts `decode_us[b] + prefill_us(sum of admitted prompt_len)` where the
+  prefill term is present only if something was admitted.
+* Deadline budget: `deadline_us[task] + deadline_per_token_us * output_len`; on time iff
+  `latency_us <= budget_us`.
+* Utility (float32): on time `q`; late hard `-miss_penalty`; late soft
+  `q * max(0, 1 - lateness_us / soft_window_us)`; rejected `-miss_penalty`.
+* Same instant: iteration ends first; an instance ending an iteration at t with anything
+  running or waiting starts its next one at t, admitting from its queue, before any
+  arrival at t is routed (such an arrival waits for the following iteration). An arrival
+  reaching an idle instance starts an iteration at its arrival time that admits it.
+  Arrivals at one instant are routed in trace order.
+* Routing: the chosen model's instance with the fewest running + waiting requests (ties:
+  lowest index); rejected at once if that instance's queue holds `queue_capacity`.
+* Step rewards: step i earns the utilities of outcomes final in (a_i, a_{i+1}] plus its
+  own rejection; the last step also drains every instance.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import heapq
+import operator
+from typing import Any, Callable, NamedTuple, Sequence
+
+import numpy as np
+
+from bes import clock
+from bes.serving_config import ServingConfig
+
+
+class RequestView(NamedTuple):
+  """What a policy may see of an arriving request (never its output length).
+
+  Attributes:
+    index: position of the request in the trace.
+    arrival_us: absolute arrival time in integer microseconds.
+    task: task index into the profile's task list.
+    prompt_len: prompt tokens.
+  """
+  index: int
+  arrival_us: int
+  task: int
+  prompt_len: int
+
+
+# policy(i, request_view, instance_loads) -> model index; instance_loads[m][k] is the
+# (running, waiting) pair of instance k of model m at the arrival, before routing.
+Policy = Callable[[int, RequestView, list], int]
+
+
+@dataclasses.dataclass
+class ReferenceResult:
+  """Per-request outcomes, numpy arrays of shape [N] in request (trace) order.
+
+  Attributes:
+    arrival_us: absolute arrival time, int64 microseconds.
+    model: model index chosen by the action.
+    instance: instance index within the model the request was sent to (also when rejected).
+    latency_us: completion - arrival in int64 microseconds; -1 if rejected.
+    completion_us: absolute completion time, int64 microseconds; -1 if rejected.
+    admit_us: start of the iteration that admitted the request; -1 if rejected.
+    first_token_us: end of the iteration that admitted the request; -1 if rejected.
+    on_time: completed with latency_us <= its budget.
+    rejected: refused at arrival because the instance's waiting queue was full.
+    utility: float32 utility of the request.
+    step_reward: float64 reward of the decision step for request i (see module doc).
+    num_iterations: total iterations run over all instances (a scalar, for benchmarks).
+  """
+  arrival_us: np.ndarray
+  model: np.ndarray
+  instance: np.ndarray
+  latency_us: np.ndarray
+  completion_us: np.ndarray
+  admit_us: np.ndarray
+  first_token_us: np.ndarray
+  on_time: np.ndarray
+  rejected: np.ndarray
+  utility: np.ndarray
+  step_reward: np.ndarray
+  num_iterations: int = 0
+
+  def latency_s(self) -> np.ndarray:
+    """Latency in float64 seconds, shape [N]; `inf` for rejected requests."""
+    lat = self.latency_us.astype(np.float64) / clock.US_PER_S
+    return np.where(self.rejected, np.inf, lat)
+
+
+@dataclasses.dataclass
+class _ModelTiming:
+  """Integer-microsecond timing of one model: decode_us[b] for b = 1..max_batch (index 0 unused)."""
+  decode_us: list
+  fixed_us: int
+  per_token_ns: int
+  max_batch: int
+
+
+def model_timing(model: Any, where: str = "profile") -> _ModelTiming:
+  """Quantises one model's profile times (seconds) to the integer clock (microseconds)."""
+  decode = [int(x) for x in clock.seconds_to_us(np.asarray(model.decode_step_s, np.float64))]
+  if len(decode) != model.max_batch:
+    raise ValueError(f"{where}: model {model.name!r}: decode_step_s must have max_batch="
+                     f"{model.max_batch} entries, got {len(decode)}")
+  if min(decode) < 1:
+    raise ValueError(f"{where}: model {model.name!r}: decode_step_s must be >= 1 microsecond "
+                     f"at every batch size after rounding, got {list(model.decode_step_s)}")
+  return _ModelTiming(decode_us=[0] + decode,
+                      fixed_us=int(clock.seconds_to_us(model.prefill_s_fixed)),
+                      per_token_ns=int(clock.seconds_to_ns(model.prefill_s_per_token)),
+                      max_batch=int(model.max_batch))
+
+
+class _Instance:
+  """One replica: FIFO waiting queue, running list of [request, tokens produced]."""
+
+  __slots__ = ("model", "index", "timing", "waiting", "running", "busy")
+
+  def __init__(self, model: int, index: int, timing: _ModelTiming):
+    self.model = model
+    self.index = index
+    self.timing = timing
+    self.waiting = collections.deque()
+    self.running = []
+    self.busy = False  # an iteration is in progress
+
+  def load(self) -> int:
+    return len(self.running) + len(self.waiting)
+
+
+def _check_requests(requests, num_tasks: int) -> tuple:
+  """Host int64 copies of the request arrays, validated; ValueError naming the field."""
+  fields = {}
+  for name in ("gap_us", "task", "prompt_len", "output_len"):
+    x = np.asarray(getattr(requests, name))
+    if x.ndim != 1:
+      raise ValueError(f"requests.{name}: expected a 1-D array [N], got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.integer):
+      raise ValueError(f"requests.{name}: expected integers, got dtype {x.dtype}")
+    fields[name] = x.astype(np.int64)
+  n = fields["gap_us"].shape[0]
+  for name, x in fields.items():
+    if x.shape[0] != n:
+      raise ValueError(f"requests.{name}: expected {n} entries like gap_us, got {x.shape[0]}")
+  checks = (("gap_us", fields["gap_us"] >= 0, ">= 0 microseconds"),
+            ("task", (fields["task"] >= 0) & (fields["task"] < num_tasks),
+             f"a task index in 0..{num_tasks - 1}"),
+            ("prompt_len", fields["prompt_len"] >= 0, ">= 0 tokens"),
+            ("output_len", fields["output_len"] >= 1, ">= 1 tokens"))
+  for name, ok, expected in checks:
+    if not np.all(ok):
+      i = int(np.argmin(ok))
+      raise ValueError(f"requests.{name}[{i}]: expected {expected}, got {fields[name][i]}")
+  return fields["gap_us"], fields["task"], fields["prompt_len"], fields["output_len"]
+
+
+def _action(i: int, a: Any, num_models: int) -> int:
+  try:
+    m = operator.index(a)
+  except TypeError:
+    raise ValueError(f"action for request {i}: expected a model index in 0..{num_models - 1}, "
+                     f"got {a!r}") from None
+  if isinstance(a, (bool, np.bool_)) or not 0 <= m < num_models:
+    raise ValueError(f"action for request {i}: expected a model index in 0..{num_models - 1}, "
+                     f"got {a!r}")
+  return m
+
+
+def utility(q: float, latency_us: int, budget_us: int, config: ServingConfig) -> np.float32:
+  """Float32 utility of a completed request with quality q (decision 3 of the module doc)."""
+  if latency_us <= budget_us:
+    return np.float32(q)
+  if config.reward == "hard":
+    return np.float32(-config.miss_penalty)
+  lateness = np.float32(latency_us - budget_us)
+  frac = np.float32(1) - lateness / np.float32(config.soft_window_us)
+  return np.float32(np.float32(q) * max(np.float32(0), frac))
+
+
+def step_rewards(arrival_us: np.ndarray, final_us: np.ndarray, rejected: np.ndarray,
+                 util: np.ndarray) -> np.ndarray:
+  """Float64 reward per decision step, shape [N].
+
+  A completion at time t (microseconds) belongs to the last step j with a_j < t (so a
+  completion exactly at a_i belongs to step i-1); a rejection belongs to its own step.
+  Completions after the last arrival belong to the last step (the drain).
+  """
+  n = arrival_us.shape[0]
+  step = np.searchsorted(arrival_us, final_us, side="left") - 1
+  step = np.where(rejected, np.arange(n), step)
+  if n and np.any(step < 0):
+    raise AssertionError("a completion at or before the first arrival")
+  out = np.zeros(n, np.float64)
+  np.add.at(out, step, util.astype(np.float64))
+  return out
+
+
+def simulate(profile: Any, requests: Any, actions: Sequence[int] | Policy,
+             config: ServingConfig) -> ReferenceResult:
+  """Runs the serving model on `requests` routed by `actions`, iteration by iteration.
+
+  Args:
+    profile: a `bes.profile.Profile` (duck-typed: `tasks`, `models` with `instances`,
+      `max_batch`, `decode_step_s`, `prefill_s_fixed`, `prefill_s_per_token`, `quality`).
+    requests: `bes.requests.Requests` with arrays [N] (gaps in microseconds).
+    actions: N model indices, or `policy(i, RequestView, instance_loads) -> model index`
+      called at each arrival; `instance_loads[m][k] = (running, waiting)`.
+    config: the serving configuration (validated against the profile's task count).
+
+  Returns:
+    A `ReferenceResult` of arrays [N] in request order.
+
+  Raises:
+    ValueError: for an action outside 0..M-1 (naming the request), a wrong number of
+      actions, or malformed requests / config / profile times.
+  """
+  num_tasks = len(profile.tasks)
+  config.validate(num_tasks)
+  gap, task, prompt, out_len = _check_requests(requests, num_tasks)
+  n = gap.shape[0]
+  arrival = np.cumsum(gap)
+  models = list(profile.models)
+  num_models = len(models)
+  if not callable(actions):
+    actions = list(actions)
+    if len(actions) != n:
+      raise ValueError(f"actions: expected {n} model indices (one per request), got {len(actions)}")
+  timings = [model_timing(m, f"profile {getattr(profile, 'name', '')!r}") for m in models]
+  quality = [[float(m.quality[t]) for t in profile.tasks] for m in models]
+  instances = [[_Instance(mi, k, timings[mi]) for k in range(m.instances)]
+               for mi, m in enumerate(models)]
+  deadline = config.deadline_us(num_tasks).astype(np.int64)
+  budget = deadline[task] + config.deadline_per_token_us * out_len
+  capacity = int(config.queue_capacity)
+
+  model_of = np.zeros(n, np.int64)
+  inst_of = np.zeros(n, np.int64)
+  completion = np.full(n, -1, np.int64)
+  admit = np.full(n, -1, np.int64)
+  first_token = np.full(n, -1, np.int64)
+  rejected = np.zeros(n, bool)
+  out_len_l = out_len.tolist()
+  prompt_l = prompt.tolist()
+  ends = []  # heap of (end time us, model, instance index)
+  num_iterations = 0
+
+  def start_iteration(inst: _Instance, t: int) -> None:
+    """Admits FIFO while there is room and schedules the iteration's end."""
+    nonlocal num_iterations
+    tm = inst.timing
+    admitted_tokens = 0
+    admitted = False
+    while inst.waiting and len(inst.running) < tm.max_batch:
+      r = inst.waiting.popleft()
+      inst.running.append([r, 0])
+      admit[r] = t
+      admitted_tokens += prompt_l[r]
+      admitted = True
+    duration = tm.decode_us[len(inst.running)]
+    if admitted:
+      duration += clock.prefill_us(admitted_tokens, tm.fixed_us, tm.per_token_ns)
+    inst.busy = True
+    num_iterations += 1
+    heapq.heappush(ends, (t + duration, inst.model, inst.index))
+
+  def end_iteration(t: int, inst: _Instance) -> None:
+    """Every running request produces one token; finished ones leave; maybe start again."""
+    still = []
+    for slot in inst.running:
+      r = slot[0]
+      slot[1] += 1
+      if slot[1] == 1:
+        first_token[r] = t
+      if slot[1] == out_len_l[r]:
+        completion[r] = t
+      else:
+        still.append(slot)
+    inst.running = still
+    inst.busy = False
+    if inst.running or inst.waiting:
+      start_iteration(inst, t)
+
+  def process_ends_until(t: int) -> None:
+    while ends and ends[0][0] <= t:
+      end_t, m, k = heapq.heappop(ends)
+      end_iteration(end_t, instances[m][k])
+
+  for i in range(n):
+    a_i = int(arrival[i])
+    process_ends_until(a_i)
+    if callable(actions):
+      loads = [[(len(x.running), len(x.waiting)) for x in insts] for insts in instances]
+      view = RequestView(i, a_i, int(task[i]), prompt_l[i])
+      m = _action(i, actions(i, view, loads), num_models)
+    else:
+      m = _action(i, actions[i], num_models)
+    inst = min(instances[m], key=lambda x: (x.load(), x.index))
+    model_of[i], inst_of[i] = m, inst.index
+    if len(inst.waiting) >= capacity:
+      rejected[i] = True
+      continue
+    inst.waiting.append(i)
+    if not inst.busy:
+      start_iteration(inst, a_i)
+  process_ends_until(np.iinfo(np.int64).max)  # drain: the last step gets the rest
+  if np.any(~rejected & (completion < 0)):
+    raise AssertionError("reference: a routed request never completed")
+
+  latency = np.where(rejected, -1, completion - arrival)
+  on_time = ~rejected & (latency <= budget)
+  util = np.empty(n, np.float32)
+  penalty = np.float32(-config.miss_penalty)
+  for i in range(n):
+    if rejected[i]:
+      util[i] = penalty
+    else:
+      util[i] = utility(quality[model_of[i]][task[i]], int(latency[i]), int(budget[i]), config)
+  final = np.where(rejected, arrival, completion)
+  return ReferenceResult(
+      arrival_us=arrival, model=model_of, instance=inst_of, latency_us=latency,
+      completion_us=completion, admit_us=admit, first_token_us=first_token, on_time=on_time,
+      rejected=rejected, utility=util,
+      step_reward=step_rewards(arrival, final, rejected, util), num_iterations=num_iterations)
