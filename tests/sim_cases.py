@@ -84,9 +84,10 @@ def random_config(rng: np.random.Generator, num_tasks: int) -> ServingConfig:
     deadline = tuple(round(float(x), 6) for x in rng.uniform(5e-3, 0.2, num_tasks))
   else:
     deadline = round(float(rng.uniform(5e-3, 0.2)), 6)
+  per_token = round(float(rng.uniform(0.0, 10e-3)), 6) if rng.random() < 1 / 3 else 0.0
   return ServingConfig(
       deadline_s=deadline,
-      deadline_per_token_s=round(float(rng.uniform(0.0, 10e-3)), 6) if rng.random() < 1 / 3 else 0.0,
+      deadline_per_token_s=per_token,
       reward=str(rng.choice(["hard", "soft"])),
       soft_window_s=round(float(rng.uniform(5e-3, 0.2)), 6),
       miss_penalty=float(rng.choice([0.0, 0.5])),
