@@ -73,10 +73,23 @@ class Outcomes:
 
 @struct.dataclass
 class EnvState:
+  """One environment. Times are int32 microseconds on a wrapping clock (`instances.py`).
+
+  While `ready`, `request` (index `index` in the episode, arrived at `now`) waits for its
+  routing decision. After routing, `next_request` (arriving at `until`) has been drawn and
+  the instances advance towards `until`, accumulating the decision's `reward` and its
+  `completed` / `on_time` counts, until every iteration end <= `until` is processed.
+  """
   groups: tuple             # instances.GroupState per model
-  request: Requests         # the request arriving now (scalar fields)
-  index: jnp.ndarray        # int32, its index in the episode
-  now: jnp.ndarray          # int32, its arrival time (microseconds, wrapping clock)
+  request: Requests         # scalar fields
+  next_request: Requests
+  index: jnp.ndarray        # int32
+  now: jnp.ndarray          # int32
+  until: jnp.ndarray        # int32
+  ready: jnp.ndarray        # bool
+  reward: jnp.ndarray       # float32
+  completed: jnp.ndarray    # int32
+  on_time: jnp.ndarray      # int32
   ema_gap_s: jnp.ndarray    # float32, moving average of inter-arrival gaps (seconds)
   workload: Any             # the workload stream's state
   outcomes: Outcomes | None
@@ -117,57 +130,136 @@ class ServingEnv:
     wstate = params.workload.init(k_init)
     request, wstate = params.workload.next(k_next, wstate)
     outcomes = self._empty_outcomes() if self.record else None
-    state = EnvState(groups=groups, request=request, index=jnp.int32(0), now=jnp.int32(0),
+    state = EnvState(groups=groups, request=request, next_request=request, index=jnp.int32(0),
+                     now=jnp.int32(0), until=jnp.int32(0), ready=jnp.bool_(True),
+                     reward=jnp.float32(0), completed=jnp.int32(0), on_time=jnp.int32(0),
                      ema_gap_s=NO_GAP_YET, workload=wstate, outcomes=outcomes)
     return self.observe(state, params), state
 
   def step(self, key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams):
-    """Routes the current request to model `action`; runs until the next arrival."""
+    """Routes the current request to model `action` and runs until the next arrival.
+
+    Returns (obs, state, reward, done, info); `info` holds `rejected`, `instance` (of the
+    routed request) and the step's `completed` and `on_time` counts.
+    """
+    obs, state, reward, done, _, info = self.step_async(key, state, action, params, None)
+    return obs, state, reward, done, info
+
+  def step_async(self, key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams,
+                 max_passes: int | None):
+    """Like `step`, but does at most `max_passes` event passes per model group per call.
+
+    Under `vmap`, a step that runs to the next arrival makes every environment wait for the
+    one with the most events; with a bound, each environment moves on its own clock. An
+    environment whose `state.ready` is True routes the request with `action`; one still
+    advancing ignores `action` and continues. Returns (obs, state, reward, done, decided,
+    info): `decided` is True when the environment reached its next arrival in this call,
+    and only then are `obs`, `reward` and `done` those of the decision's transition
+    (otherwise reward and done are 0/False). `max_passes=None` runs to completion (`step`).
+    """
+    k_route, k_reset = jax.random.split(key)
+    state, rejected, instance = self._route(k_route, state, jnp.asarray(action, jnp.int32), params)
+    state = self._advance(state, params, max_passes)
+    decided = ~self._pending(state)
+    done = decided & (state.index == self.episode_len - 1)
+    reward = jnp.where(decided, state.reward, 0.0)
+    info = dict(rejected=rejected, instance=instance,
+                completed=jnp.where(decided, state.completed, 0),
+                on_time=jnp.where(decided, state.on_time, 0))
+    state = self._next_decision(k_reset, state, decided, done, params)
+    return self.observe(state, params), state, reward, done, decided, info
+
+  # ----------------------------------------------------------------------------- the three phases
+  def _route(self, key, state: EnvState, action, params: EnvParams):
+    """If ready: request `index` joins the chosen model (or is rejected); draws the next one."""
+    go = state.ready
     req, idx, now = state.request, state.index, state.now
-    action = jnp.asarray(action, jnp.int32)
     budget = params.deadline_us[req.task] + params.deadline_per_token_us * req.output_len
     fields = dict(left=req.output_len, deadline=now + budget, prompt=req.prompt_len,
                   arrival=now, req=idx)
     groups, instance, rejected = [], jnp.int32(0), jnp.bool_(False)
     for m, (gs, gp) in enumerate(zip(state.groups, params.groups)):
-      chosen = action == m
+      chosen = go & (action == m)
       fields["quality"] = params.quality[m, req.task]
       gs, i_m, rej_m = inst.join(gs, gp, chosen, now, fields)
       groups.append(gs)
       instance = jnp.where(chosen, i_m, instance)
       rejected = rejected | rej_m
-    penalty = -params.miss_penalty
-    reward = jnp.where(rejected, penalty, 0.0).astype(jnp.float32)
+    penalty = jnp.where(rejected, -params.miss_penalty, 0.0).astype(jnp.float32)
     outcomes = state.outcomes
     if self.record:
-      outcomes = outcomes.replace(
-          model=outcomes.model.at[idx].set(action), instance=outcomes.instance.at[idx].set(instance),
-          rejected=outcomes.rejected.at[idx].set(rejected),
-          utility=outcomes.utility.at[idx].set(jnp.where(rejected, penalty, 0.0)),
-          latency_us=outcomes.latency_us.at[idx].set(-1), on_time=outcomes.on_time.at[idx].set(False),
-          gap_us=outcomes.gap_us.at[idx].set(req.gap_us), task=outcomes.task.at[idx].set(req.task))
-
-    last = idx == self.episode_len - 1
-    k_next, k_reset = jax.random.split(key)
-    next_req, wstate = params.workload.next(k_next, state.workload)
-    until = now + next_req.gap_us                                  # wraps: see instances.py
-    groups, step_stats, outcomes = self._advance(tuple(groups), params, until, last, outcomes)
-    reward = reward + step_stats["utility"]
-
-    ema = _update_gap_ema(state.ema_gap_s, next_req.gap_us, params.rate_ema_alpha)
-    state = state.replace(groups=groups, request=next_req, index=idx + 1, now=until, ema_gap_s=ema,
-                          workload=wstate, outcomes=outcomes)
-    # Auto-reset: the drained instances are already empty; start the next episode's stream.
-    k_init, k_first = jax.random.split(k_reset)
-    reset_wstate = params.workload.init(k_init)
-    first_req, reset_wstate = params.workload.next(k_first, reset_wstate)
-    pick = lambda a, b: jax.tree_util.tree_map(lambda x, y: jnp.where(last, x, y), a, b)
+      row = jnp.where(go, idx, self.episode_len)                    # out of range: dropped
+      put = lambda x, v: x.at[row].set(v, mode="drop")
+      o = outcomes
+      outcomes = o.replace(
+          model=put(o.model, action), instance=put(o.instance, instance),
+          rejected=put(o.rejected, rejected), utility=put(o.utility, penalty),
+          latency_us=put(o.latency_us, -1), on_time=put(o.on_time, False),
+          gap_us=put(o.gap_us, req.gap_us), task=put(o.task, req.task))
+    next_req, wstate = params.workload.next(key, state.workload)
+    pick = lambda new, old: jax.tree_util.tree_map(lambda x, y: jnp.where(go, x, y), new, old)
     state = state.replace(
-        request=pick(first_req, state.request), index=jnp.where(last, 0, state.index),
-        ema_gap_s=jnp.where(last, NO_GAP_YET, state.ema_gap_s),
-        workload=pick(reset_wstate, state.workload))
-    info = dict(step_stats, rejected=rejected, instance=instance)
-    return self.observe(state, params), state, reward, last, info
+        groups=tuple(groups), outcomes=outcomes, ready=jnp.zeros_like(go),
+        next_request=pick(next_req, state.next_request), workload=pick(wstate, state.workload),
+        until=jnp.where(go, now + next_req.gap_us, state.until),   # wraps: see instances.py
+        reward=jnp.where(go, penalty, state.reward),
+        completed=jnp.where(go, 0, state.completed), on_time=jnp.where(go, 0, state.on_time))
+    return state, rejected & go, instance
+
+  def _pending(self, state: EnvState) -> jnp.ndarray:
+    drain = state.index == self.episode_len - 1
+    return jnp.any(jnp.stack([inst.pending(gs, state.until, drain) for gs in state.groups]))
+
+  def _advance(self, state: EnvState, params: EnvParams, max_passes: int | None) -> EnvState:
+    """Processes iteration ends <= state.until (all of them on an episode's last request),
+    at most `max_passes` per group; accumulates the utilities of completed requests."""
+    until, drain = state.until, state.index == self.episode_len - 1
+    groups = []
+    for gs, gp in zip(state.groups, params.groups):
+      def body(carry, gp=gp):
+        gs, state = carry
+        gs, c = inst.advance_pass(gs, gp, until, drain)
+        utility = self._utility(c, params)
+        on_time = c.done & (c.late_us <= 0)
+        state = state.replace(reward=state.reward + jnp.where(c.done, utility, 0.0).sum(),
+                              completed=state.completed + c.done.sum(dtype=jnp.int32),
+                              on_time=state.on_time + on_time.sum(dtype=jnp.int32))
+        if self.record:
+          rows = jnp.where(c.done, c.req, self.episode_len).reshape(-1)   # out of range: dropped
+          put = lambda x, v: x.at[rows].set(v.reshape(-1), mode="drop")
+          o = state.outcomes
+          state = state.replace(outcomes=o.replace(
+              latency_us=put(o.latency_us, c.latency_us), on_time=put(o.on_time, c.late_us <= 0),
+              utility=put(o.utility, utility)))
+        return gs, state
+
+      carry = (gs, state.replace(groups=()))
+      if max_passes is None:
+        cond = lambda carry: inst.pending(carry[0], until, drain)
+        carry = jax.lax.while_loop(cond, body, carry)
+      else:
+        for _ in range(max_passes):
+          carry = body(carry)
+      gs, state = carry
+      groups.append(gs)
+    return state.replace(groups=tuple(groups))
+
+  def _next_decision(self, key, state: EnvState, decided, done, params: EnvParams) -> EnvState:
+    """When the next arrival is reached: it becomes the current request; after an episode's
+    last request, the next episode starts (the drained instances are already empty)."""
+    ema = _update_gap_ema(state.ema_gap_s, state.next_request.gap_us, params.rate_ema_alpha)
+    k_init, k_first = jax.random.split(key)
+    first_wstate = params.workload.init(k_init)
+    first_req, first_wstate = params.workload.next(k_first, first_wstate)
+    pick = lambda c, a, b: jax.tree_util.tree_map(lambda x, y: jnp.where(c, x, y), a, b)
+    request = pick(done, first_req, state.next_request)
+    return state.replace(
+        ready=decided,
+        request=pick(decided, request, state.request),
+        index=jnp.where(done, 0, jnp.where(decided, state.index + 1, state.index)),
+        now=jnp.where(decided, state.until, state.now),
+        ema_gap_s=jnp.where(done, NO_GAP_YET, jnp.where(decided, ema, state.ema_gap_s)),
+        workload=pick(done, first_wstate, state.workload))
 
   # ----------------------------------------------------------------------------- observation
   def observe(self, state: EnvState, params: EnvParams) -> jnp.ndarray:
@@ -184,33 +276,6 @@ class ServingEnv:
                        zip(state.groups, self.instances, self.max_batch)]).astype(jnp.float32)
     rate = jnp.where(state.ema_gap_s < 0, 0.0, 1.0 / jnp.maximum(state.ema_gap_s, 1e-6))
     return jnp.concatenate([task, loads, rate[None]])
-
-  # ----------------------------------------------------------------------------- internals
-  def _advance(self, groups, params: EnvParams, until, drain, outcomes):
-    """Runs every group through all iteration ends <= until (all, if drain); sums utilities."""
-    zero_stats = dict(utility=jnp.float32(0), completed=jnp.int32(0), on_time=jnp.int32(0))
-    new_groups = []
-    stats = zero_stats
-    for m, (gs, gp) in enumerate(zip(groups, params.groups)):
-      def body(carry, gp=gp):
-        gs, stats, outcomes = carry
-        gs, c = inst.advance_pass(gs, gp, until, drain)
-        utility = self._utility(c, params)
-        stats = dict(utility=stats["utility"] + jnp.where(c.done, utility, 0.0).sum(),
-                     completed=stats["completed"] + c.done.sum(dtype=jnp.int32),
-                     on_time=stats["on_time"] + (c.done & (c.late_us <= 0)).sum(dtype=jnp.int32))
-        if self.record:
-          rows = jnp.where(c.done, c.req, self.episode_len).reshape(-1)   # out of range: dropped
-          outcomes = outcomes.replace(
-              latency_us=outcomes.latency_us.at[rows].set(c.latency_us.reshape(-1), mode="drop"),
-              on_time=outcomes.on_time.at[rows].set((c.late_us <= 0).reshape(-1), mode="drop"),
-              utility=outcomes.utility.at[rows].set(utility.reshape(-1), mode="drop"))
-        return gs, stats, outcomes
-
-      cond = lambda carry: inst.pending(carry[0], until, drain)
-      gs, stats, outcomes = jax.lax.while_loop(cond, body, (gs, stats, outcomes))
-      new_groups.append(gs)
-    return tuple(new_groups), stats, outcomes
 
   @staticmethod
   def _utility(c: inst.Completions, params: EnvParams):
