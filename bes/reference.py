@@ -245,14 +245,12 @@ def simulate(profile: Any, requests: Any, actions: Sequence[int] | Policy,
   budget = deadline[task] + config.deadline_per_token_us * out_len
   capacity = int(config.queue_capacity)
 
-  model_of = np.zeros(n, np.int64)
-  inst_of = np.zeros(n, np.int64)
-  completion = np.full(n, -1, np.int64)
-  admit = np.full(n, -1, np.int64)
-  first_token = np.full(n, -1, np.int64)
-  rejected = np.zeros(n, bool)
-  out_len_l = out_len.tolist()
-  prompt_l = prompt.tolist()
+  # Per-request outcomes as Python lists (much faster to write than numpy scalars).
+  model_of, inst_of = [0] * n, [0] * n
+  completion, admit, first_token = [-1] * n, [-1] * n, [-1] * n
+  rejected_l = [False] * n
+  arrival_l, task_l = arrival.tolist(), task.tolist()
+  out_len_l, prompt_l = out_len.tolist(), prompt.tolist()
   ends = []  # heap of (end time us, model, instance index)
   num_iterations = 0
 
@@ -298,38 +296,39 @@ def simulate(profile: Any, requests: Any, actions: Sequence[int] | Policy,
       end_iteration(end_t, instances[m][k])
 
   for i in range(n):
-    a_i = int(arrival[i])
+    a_i = arrival_l[i]
     process_ends_until(a_i)
     if callable(actions):
       loads = [[(len(x.running), len(x.waiting)) for x in insts] for insts in instances]
-      view = RequestView(i, a_i, int(task[i]), prompt_l[i])
+      view = RequestView(i, a_i, task_l[i], prompt_l[i])
       m = _action(i, actions(i, view, loads), num_models)
     else:
       m = _action(i, actions[i], num_models)
     inst = min(instances[m], key=lambda x: (x.load(), x.index))
     model_of[i], inst_of[i] = m, inst.index
     if len(inst.waiting) >= capacity:
-      rejected[i] = True
+      rejected_l[i] = True
       continue
     inst.waiting.append(i)
     if not inst.busy:
       start_iteration(inst, a_i)
-  process_ends_until(np.iinfo(np.int64).max)  # drain: the last step gets the rest
-  if np.any(~rejected & (completion < 0)):
+  process_ends_until(float("inf"))  # drain: the last step gets the rest
+  if any(not rej and c < 0 for rej, c in zip(rejected_l, completion)):
     raise AssertionError("reference: a routed request never completed")
 
-  latency = np.where(rejected, -1, completion - arrival)
-  on_time = ~rejected & (latency <= budget)
-  util = np.empty(n, np.float32)
+  budget_l = budget.tolist()
   penalty = np.float32(-config.miss_penalty)
-  for i in range(n):
-    if rejected[i]:
-      util[i] = penalty
-    else:
-      util[i] = utility(quality[model_of[i]][task[i]], int(latency[i]), int(budget[i]), config)
+  util = np.array([penalty if rejected_l[i] else
+                   utility(quality[model_of[i]][task_l[i]], completion[i] - arrival_l[i],
+                           budget_l[i], config) for i in range(n)], np.float32).reshape(n)
+  rejected = np.array(rejected_l, bool).reshape(n)
+  completion = np.array(completion, np.int64).reshape(n)
+  latency = np.where(rejected, -1, completion - arrival)
   final = np.where(rejected, arrival, completion)
   return ReferenceResult(
-      arrival_us=arrival, model=model_of, instance=inst_of, latency_us=latency,
-      completion_us=completion, admit_us=admit, first_token_us=first_token, on_time=on_time,
-      rejected=rejected, utility=util,
+      arrival_us=arrival, model=np.array(model_of, np.int64).reshape(n),
+      instance=np.array(inst_of, np.int64).reshape(n), latency_us=latency,
+      completion_us=completion, admit_us=np.array(admit, np.int64).reshape(n),
+      first_token_us=np.array(first_token, np.int64).reshape(n),
+      on_time=~rejected & (latency <= budget), rejected=rejected, utility=util,
       step_reward=step_rewards(arrival, final, rejected, util), num_iterations=num_iterations)

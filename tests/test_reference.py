@@ -195,6 +195,11 @@ def test_completion_at_an_arrival_belongs_to_previous_step():
   np.testing.assert_allclose(res.step_reward, [0.1, 0.2, 0.4], rtol=1e-6)
 
 
+def test_empty_trace():
+  res = simulate(_profile(_model()), _requests([], []), [], _cfg())
+  assert res.utility.shape == res.step_reward.shape == res.latency_s().shape == (0,)
+
+
 def test_bad_inputs_are_refused():
   p = _profile(_model(), _model(name="m2"))
   reqs = _requests([0, 0, 0], [1, 1, 1])
@@ -204,6 +209,8 @@ def test_bad_inputs_are_refused():
     simulate(p, reqs, [0, -1, 0], _cfg())
   with pytest.raises(ValueError, match="request 0"):
     simulate(p, reqs, lambda i, v, l: 5, _cfg())
+  with pytest.raises(ValueError, match="request 0"):
+    simulate(p, reqs, [True, 0, 0], _cfg())
   with pytest.raises(ValueError, match="actions: expected 3"):
     simulate(p, reqs, [0, 1], _cfg())
   with pytest.raises(ValueError, match=r"requests.output_len\[1\]"):
@@ -301,6 +308,15 @@ def test_outcomes_rewards_and_utilities(seed):
                              res.step_reward, atol=1e-9)
 
 
+def _served_alone(res, i, idx):
+  """Request i found its instance idle and nothing joined it before it completed
+  (idx: the completed requests on its instance)."""
+  others = idx[idx != i]
+  busy_before = np.any((others < i) & (res.completion_us[others] > res.arrival_us[i]))
+  joined = np.any((others > i) & (res.arrival_us[others] < res.completion_us[i]))
+  return not busy_before and not joined
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_fifo_batch_limit_and_service_time_bounds(seed):
   profile, reqs, actions, cfg, res = _cached(seed)
@@ -322,10 +338,7 @@ def test_fifo_batch_limit_and_service_time_bounds(seed):
         assert res.first_token_us[i] - res.admit_us[i] >= decode.min() + own_prefill
         assert res.latency_us[i] >= out_len[i] * decode.min() + own_prefill
         # Alone on an idle instance until it completes: exactly its own service time.
-        others = idx[idx != i]
-        busy_before = np.any((others < i) & (res.completion_us[others] > res.arrival_us[i]))
-        joined = np.any((others > i) & (res.arrival_us[others] < res.completion_us[i]))
-        if not busy_before and not joined:
+        if _served_alone(res, i, idx):
           assert res.admit_us[i] == res.arrival_us[i]
           assert res.latency_us[i] == out_len[i] * decode[0] + own_prefill
 
@@ -378,7 +391,8 @@ def test_an_hour_later_changes_nothing(seed):
 def test_generated_cases_exercise_the_edge_cases():
   """Across the seeds: simultaneous arrivals, arrivals exactly at an iteration end of their
   instance, rejections, late and on-time requests under both reward modes."""
-  counts = dict(zero_gap=0, at_iteration_end=0, rejected=0, late=0, on_time=0)
+  counts = dict(zero_gap=0, at_iteration_end=0, rejected=0, late=0, on_time=0, alone=0,
+                batch_full=0)
   modes = set()
   for seed in SEEDS:
     profile, reqs, actions, cfg, res = _cached(seed)
@@ -389,6 +403,13 @@ def test_generated_cases_exercise_the_edge_cases():
     counts["late"] += int(np.sum(~res.rejected & ~res.on_time))
     ends = {(m, k, t) for m, k, t in zip(res.model, res.instance, res.first_token_us)}
     ends |= {(m, k, t) for m, k, t in zip(res.model, res.instance, res.completion_us)}
+    for m, k in {(int(m), int(k)) for m, k in zip(res.model, res.instance)}:
+      idx = np.flatnonzero(~res.rejected & (res.model == m) & (res.instance == k))
+      counts["alone"] += sum(_served_alone(res, i, idx) for i in idx)
+      b = profile.models[m].max_batch
+      counts["batch_full"] += sum(
+          int(np.sum((res.admit_us[idx] <= t) & (res.completion_us[idx] > t)) == b)
+          for t in np.unique(res.admit_us[idx]))
     counts["at_iteration_end"] += sum(
         (m, k, a) in ends for m, k, a in zip(res.model, res.instance, res.arrival_us))
   assert modes == {"hard", "soft"}
