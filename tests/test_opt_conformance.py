@@ -7,6 +7,7 @@ import torch
 
 from bes.models import checkpoint
 from bes.models import opt
+from bes.models import sampling
 from bes.models.opt_config import opt_config
 from tests import opt_testing
 
@@ -32,11 +33,9 @@ def _hf_logits(model, tokens, mask):
   return out.logits.float().numpy()
 
 
-@pytest.fixture(scope="module", params=[("pre", True, 1), ("post_proj", True, 1),
-                                        ("pre", False, 1), ("post_proj", True, 3),
-                                        ("pre", False, 2)],
-                ids=["pre-st", "post_proj-st", "pre-bin", "post_proj-st-sharded",
-                     "pre-bin-sharded"])
+@pytest.fixture(scope="module", params=[("pre", True, 1), ("post_proj", True, 3),
+                                        ("post_proj", False, 1)],
+                ids=["pre-safetensors", "post_proj-safetensors-sharded", "post_proj-bin"])
 def loaded(request, tmp_path_factory):
   variant, safetensors, shards = request.param
   directory, model = opt_testing.make_hf_checkpoint(
@@ -45,10 +44,15 @@ def loaded(request, tmp_path_factory):
   return config, params, model
 
 
+_FULL = jax.jit(opt.forward_full, static_argnums=1)
+_STEP = jax.jit(opt.forward, static_argnums=1)
+MAX_LEN = max(LENGTHS) + 2  # cache slots in the incremental tests
+
+
 def test_full_forward_matches_transformers_on_left_padded_batch(loaded):
   config, params, model = loaded
   tokens, mask = _left_padded(LENGTHS)
-  ours = np.asarray(jax.jit(opt.forward_full, static_argnums=1)(params, config, tokens, mask))
+  ours = np.asarray(_FULL(params, config, tokens, mask))
   theirs = _hf_logits(model, tokens, mask)
   assert ours.dtype == np.float32
   np.testing.assert_allclose(ours[mask], theirs[mask], atol=1e-4, rtol=1e-4)
@@ -60,23 +64,21 @@ def test_full_forward_matches_transformers_on_left_padded_batch(loaded):
 
 def test_incremental_decoding_with_cache_equals_full_forward(loaded):
   config, params, _ = loaded
-  tokens, mask = _left_padded((9, 4, 6), seed=1)
+  tokens, mask = _left_padded(LENGTHS, seed=1)
   b, t = tokens.shape
-  full = np.asarray(opt.forward_full(params, config, tokens, mask))
+  full = np.asarray(_FULL(params, config, tokens, mask))
   prompt = 3  # prefill the first 3 columns, then feed one column at a time
-  max_len = t + 2
-  cache = opt.init_cache(config, b, max_len)
-  kv_mask = np.zeros((b, max_len), bool)
+  cache = opt.init_cache(config, b, MAX_LEN)
+  kv_mask = np.zeros((b, MAX_LEN), bool)
   positions = np.asarray(opt.opt_positions(mask))
-  step = jax.jit(opt.forward, static_argnums=1)
   kv_mask[:, :prompt] = mask[:, :prompt]
-  logits, cache = step(params, config, tokens[:, :prompt], positions[:, :prompt], cache,
-                       jnp.zeros((b,), jnp.int32), kv_mask)
+  logits, cache = _STEP(params, config, tokens[:, :prompt], positions[:, :prompt], cache,
+                        jnp.zeros((b,), jnp.int32), kv_mask)
   got = [np.asarray(logits)]
   for i in range(prompt, t):
     kv_mask[:, i] = mask[:, i]
-    logits, cache = step(params, config, tokens[:, i:i + 1], positions[:, i:i + 1], cache,
-                         jnp.full((b,), i, jnp.int32), kv_mask)
+    logits, cache = _STEP(params, config, tokens[:, i:i + 1], positions[:, i:i + 1], cache,
+                          jnp.full((b,), i, jnp.int32), kv_mask)
     got.append(np.asarray(logits))
   got = np.concatenate(got, axis=1)
   np.testing.assert_allclose(got[mask], full[mask], atol=1e-5, rtol=1e-5)
@@ -85,34 +87,48 @@ def test_incremental_decoding_with_cache_equals_full_forward(loaded):
 def test_cache_rows_with_different_indices(loaded):
   """Rows at different cache offsets (continuous batching) match their own full forward."""
   config, params, _ = loaded
-  rng = np.random.default_rng(2)
-  seqs = [rng.integers(3, opt_testing.VOCAB, n) for n in (6, 2)]
-  max_len = 8
-  cache = opt.init_cache(config, 2, max_len)
-  step = jax.jit(opt.forward, static_argnums=1)
-  # Prefill row 0 with 5 tokens and row 1 with 1 token (right-padded prompt block of 5).
-  tokens = np.ones((2, 5), np.int32)
-  tokens[0], tokens[1, 0] = seqs[0][:5], seqs[1][0]
-  kv_mask = np.zeros((2, max_len), bool)
-  kv_mask[0, :5], kv_mask[1, :1] = True, True
-  positions = np.array([np.arange(5), np.zeros(5)], np.int32)
-  _, cache = step(params, config, tokens, positions, cache, jnp.zeros(2, jnp.int32), kv_mask)
-  kv_mask[0, 5], kv_mask[1, 1] = True, True
-  logits, cache = step(params, config, np.array([[seqs[0][5]], [seqs[1][1]]], np.int32),
-                       np.array([[5], [1]], np.int32), cache, jnp.array([5, 1], jnp.int32),
-                       kv_mask)
-  for b, seq in enumerate(seqs):
-    full = opt.forward_full(params, config, seq[None].astype(np.int32),
-                            np.ones((1, len(seq)), bool))
-    np.testing.assert_allclose(np.asarray(logits[b, 0]), np.asarray(full[0, -1]), atol=1e-5,
-                               rtol=1e-5)
+  lengths = (3, 1, 2)  # prompt lengths; each row then gets one more token at its own index
+  seqs, mask = _left_padded([n + 1 for n in lengths], seed=2)
+  seqs = [seqs[b, -(n + 1):] for b, n in enumerate(lengths)]
+  tokens = np.ones((3, 3), np.int32)  # prompts right-padded into one block of 3
+  kv_mask = np.zeros((3, MAX_LEN), bool)
+  positions = np.zeros((3, 3), np.int32)
+  for b, n in enumerate(lengths):
+    tokens[b, :n], kv_mask[b, :n], positions[b, :n] = seqs[b][:n], True, np.arange(n)
+  _, cache = _STEP(params, config, tokens, positions, opt.init_cache(config, 3, MAX_LEN),
+                   jnp.zeros(3, jnp.int32), kv_mask)
+  for b, n in enumerate(lengths):
+    kv_mask[b, n] = True
+  logits, _ = _STEP(params, config, np.array([[s[-1]] for s in seqs], np.int32),
+                    np.array([[n] for n in lengths], np.int32), cache,
+                    jnp.array(lengths, jnp.int32), kv_mask)
+  full_tokens, full_mask = _left_padded([n + 1 for n in lengths], seed=2)
+  full = np.asarray(_FULL(params, config, full_tokens, full_mask))
+  np.testing.assert_allclose(np.asarray(logits[:, 0]), full[:, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_greedy_continuations_equal_transformers_generate(loaded):
+  config, params, model = loaded
+  tokens, mask = _left_padded(LENGTHS, seed=3)
+  n = 24
+  ours = sampling.generate(params, config, tokens, mask, jax.random.key(0), n,
+                           sampling.SamplingConfig(greedy=True))
+  with torch.no_grad():
+    theirs = model.generate(input_ids=torch.tensor(tokens, dtype=torch.long),
+                            attention_mask=torch.tensor(mask, dtype=torch.long),
+                            max_new_tokens=n, do_sample=False,
+                            pad_token_id=config.pad_token_id).numpy()[:, tokens.shape[1]:]
+  # HF stops early when every row has emitted EOS, and pads stopped rows like we do.
+  theirs = np.pad(theirs, ((0, 0), (0, n - theirs.shape[1])), constant_values=config.pad_token_id)
+  np.testing.assert_array_equal(np.asarray(ours.tokens), theirs)
+  assert len(np.unique(theirs)) >= 3  # not one token repeated everywhere
 
 
 def test_bfloat16_runs_and_is_close(loaded):
   config, params, model = loaded
   params_bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
   tokens, mask = _left_padded(LENGTHS)
-  ours = np.asarray(opt.forward_full(params_bf16, config, tokens, mask))
+  ours = np.asarray(_FULL(params_bf16, config, tokens, mask))
   assert ours.dtype == np.float32 and np.isfinite(ours).all()
   theirs = _hf_logits(model, tokens, mask)
   err = np.abs(ours[mask] - theirs[mask]).max()
