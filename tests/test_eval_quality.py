@@ -15,7 +15,6 @@ from tokenizers import Tokenizer, models
 from bes import quality as quality_lib
 from bes.models import checkpoint
 from bes.models import scoring
-from launch import eval_quality
 from tests import opt_testing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,7 +120,7 @@ def test_accuracy_on_a_hand_made_task(ckpt, tmp_path):
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = {r["task"]: r for r in csv.DictReader(out.open())}
-  assert list(rows["ids"]) == list(eval_quality.COLUMNS)
+  assert list(rows["ids"]) == list(scoring.COLUMNS)
   assert float(rows["ids"]["acc"]) == pytest.approx(2 / 3, abs=1e-6)
   assert float(rows["ids"]["acc_stderr"]) == pytest.approx(1 / 3, abs=1e-6)  # sqrt(2/9 / 2)
   p = np.mean(norm_hits)
@@ -136,7 +135,7 @@ def test_accuracy_on_a_hand_made_task(ckpt, tmp_path):
 def test_acc_norm_uses_choice_characters():
   examples = [{"choices": ["ab", "abcdef"], "label": 1}]
   # Raw: choice 0 wins (-2 > -3); per character: -1.0 vs -0.5, choice 1 wins.
-  r = eval_quality.accuracy(examples, np.array([-2.0, -3.0]), [2, 6])
+  r = scoring.accuracy(examples, np.array([-2.0, -3.0]), [2, 6])
   assert (r["acc"], r["acc_norm"]) == (0.0, 1.0) and math.isnan(r["acc_stderr"])
 
 
@@ -153,13 +152,13 @@ def test_bad_lines_name_file_line_and_field(tmp_path, line, match):
   path = tmp_path / "t.jsonl"
   path.write_text('{"context": "x", "choices": ["a", "b"], "label": 1}\n' + line + "\n")
   with pytest.raises(ValueError, match=match):
-    eval_quality.load_task(str(path))
+    scoring.load_task(str(path))
 
 
 def test_text_task_without_tokenizer_is_refused(tmp_path):
-  examples = eval_quality.load_task(write_jsonl(tmp_path / "t.jsonl", [
+  examples = scoring.load_task(write_jsonl(tmp_path / "t.jsonl", [
       {"context": "x", "choices": ["a", "b"], "label": 0}]))
   with pytest.raises(ValueError, match="no tokenizer"):
-    eval_quality.requests_for(examples, None, " ", "t.jsonl")
+    scoring.requests_for(examples, None, " ", "t.jsonl")
   with pytest.raises(ValueError, match="--tasks"):
-    eval_quality.parse_tasks(["arc_easy"])
+    scoring.parse_tasks(["arc_easy"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bes import profile as profile_lib
-from launch import profile as launcher
+from bes.models import latency as launcher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,

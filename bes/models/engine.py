@@ -83,7 +83,7 @@ class DecodeState:
 
 
 def prefill_buckets(max_len: int, min_bucket: int = MIN_BUCKET) -> tuple[int, ...]:
-  """Padded prompt lengths (tokens): powers of two from `min_bucket` below `max_len`, then max_len."""
+  """Padded prompt lengths (tokens): powers of two from `min_bucket` below max_len, then max_len."""
   buckets, b = [], min_bucket
   while b < max_len:
     buckets.append(b)

@@ -1,4 +1,8 @@
-"""Log-likelihood of continuations given contexts, as lm-evaluation-harness computes it.
+"""Zero-shot multiple-choice scoring, as lm-evaluation-harness computes it.
+
+`loglikelihoods` scores (context, continuation) token pairs; `load_task`, `requests_for`,
+`accuracy` and `evaluate` turn JSONL task files into acc / acc_norm (the format and the
+definitions are in `launch/eval_quality.py`, the command-line evaluator).
 
 A request is (context tokens, continuation tokens). Its score is the sum over the continuation
 tokens of log p(token | everything before it), from one no-cache forward pass over
@@ -17,7 +21,11 @@ once per bucket; requests are sorted by length first to limit padding.
 """
 from __future__ import annotations
 
+import csv
 import functools
+import json
+import math
+import os
 from typing import Sequence
 
 import jax
@@ -74,7 +82,8 @@ def _score_batch(params, tokens, mask, targets, target_mask, *, config: OPTConfi
   return total, greedy
 
 
-def loglikelihoods(params, config: OPTConfig, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+def loglikelihoods(params, config: OPTConfig,
+                   requests: Sequence[tuple[Sequence[int], Sequence[int]]],
                    batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
   """Log-likelihood (nats) of each request's continuation given its context.
 
@@ -116,3 +125,124 @@ def loglikelihoods(params, config: OPTConfig, requests: Sequence[tuple[Sequence[
     for r, i in enumerate(chunk):
       sums[i], greedy[i] = total[r], is_greedy[r]
   return sums, greedy
+
+
+# Zero-shot multiple-choice tasks (JSONL files) and their accuracy.
+
+COLUMNS = ("model", "task", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
+
+
+def _is_ids(x) -> bool:
+  return isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+
+
+def parse_example(line: str, where: str) -> dict:
+  """One JSONL example, checked; `where` is 'file:line' for the error messages."""
+  try:
+    ex = json.loads(line)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{where}: not valid JSON ({e})") from e
+  if not isinstance(ex, dict):
+    raise ValueError(f"{where}: expected a JSON object with context, choices, label")
+  missing = [k for k in ("context", "choices", "label") if k not in ex]
+  if missing:
+    raise ValueError(f"{where}: missing field(s) {missing}")
+  context, choices, label = ex["context"], ex["choices"], ex["label"]
+  text = isinstance(context, str)
+  if not text and not _is_ids(context):
+    raise ValueError(f"{where}: field 'context': expected a string or a list of token ids, "
+                     f"got {context!r}")
+  ok = isinstance(choices, list) and len(choices) >= 2 and all(
+      (isinstance(c, str) and c) if text else (_is_ids(c) and c) for c in choices)
+  if not ok:
+    kind = "non-empty strings" if text else "non-empty token-id lists"
+    raise ValueError(f"{where}: field 'choices': expected a list of >= 2 {kind} (the same "
+                     f"kind as 'context'), got {choices!r}")
+  if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
+    raise ValueError(f"{where}: field 'label': expected an integer in [0, {len(choices)}), "
+                     f"got {label!r}")
+  return {"context": context, "choices": choices, "label": label, "text": text}
+
+
+def load_task(path: str, limit: int | None = None) -> list[dict]:
+  """The examples of a JSONL task file (blank lines skipped)."""
+  try:
+    with open(path) as f:
+      lines = f.readlines()
+  except OSError as e:
+    raise ValueError(f"task file {path!r}: cannot read: {e}") from e
+  examples = [parse_example(line, f"{path}:{i + 1}") for i, line in enumerate(lines)
+              if line.strip()]
+  if not examples:
+    raise ValueError(f"task file {path!r}: expected at least one example, got none")
+  return examples[:limit] if limit else examples
+
+
+def requests_for(examples: list[dict], tokenizer, delimiter: str, source: str):
+  """(requests [(context ids, continuation ids)], lengths for acc_norm), choices flattened."""
+  requests, lengths = [], []
+  for i, ex in enumerate(examples):
+    if ex["text"] and tokenizer is None:
+      raise ValueError(f"{source}: example {i + 1} is text, but the checkpoint has no tokenizer "
+                       "(save one in the checkpoint directory, or give token ids)")
+    for choice in ex["choices"]:
+      if ex["text"]:
+        requests.append(encode_pair(tokenizer, ex["context"], delimiter + choice))
+      else:
+        requests.append((ex["context"], choice))
+      lengths.append(len(choice))
+  return requests, lengths
+
+
+def stderr(p: float, n: int) -> float:
+  """Standard error of a mean of n 0/1 outcomes with mean p: sqrt(p(1-p)/(n-1))."""
+  return math.sqrt(p * (1.0 - p) / (n - 1)) if n > 1 else math.nan
+
+
+def accuracy(examples: list[dict], lls: np.ndarray, lengths) -> dict[str, float]:
+  """acc, acc_norm and their standard errors from the flattened per-choice log-likelihoods."""
+  hits, hits_norm, k = [], [], 0
+  for ex in examples:
+    n = len(ex["choices"])
+    ll, length = np.asarray(lls[k:k + n]), np.asarray(lengths[k:k + n], float)
+    hits.append(int(np.argmax(ll)) == ex["label"])
+    hits_norm.append(int(np.argmax(ll / length)) == ex["label"])
+    k += n
+  acc, acc_norm = float(np.mean(hits)), float(np.mean(hits_norm))
+  return {"acc": acc, "acc_stderr": stderr(acc, len(hits)),
+          "acc_norm": acc_norm, "acc_norm_stderr": stderr(acc_norm, len(hits))}
+
+
+def parse_tasks(items: Sequence[str] | None) -> list[tuple[str, str]]:
+  """['name=path', ...] -> [(name, path), ...]."""
+  out = []
+  for item in items or []:
+    name, sep, path = item.partition("=")
+    if not sep or not name.strip() or not path.strip():
+      raise ValueError(f"--tasks: expected NAME=PATH.jsonl, got {item!r}")
+    out.append((name.strip(), path.strip()))
+  if not out:
+    raise ValueError("--tasks: expected at least one NAME=PATH.jsonl")
+  return out
+
+
+def evaluate(params, config, tokenizer, tasks, batch_size: int, delimiter: str = " ",
+             limit: int | None = None) -> dict[str, dict[str, float]]:
+  """{task: {acc, acc_stderr, acc_norm, acc_norm_stderr}} over (name, path) task files."""
+  results = {}
+  for name, path in tasks:
+    examples = load_task(path, limit)
+    requests, lengths = requests_for(examples, tokenizer, delimiter, path)
+    lls, _ = loglikelihoods(params, config, requests, batch_size)
+    results[name] = accuracy(examples, lls, lengths)
+  return results
+
+
+def write_csv(path: str, model: str, results: dict[str, dict[str, float]]) -> None:
+  """One row per task with the columns of `COLUMNS`."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(COLUMNS)
+    for task, r in results.items():
+      writer.writerow([model, task] + [f"{r[c]:.6f}" for c in COLUMNS[2:]])
