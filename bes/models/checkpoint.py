@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import jax
 import jax.numpy as jnp
@@ -22,25 +21,46 @@ import numpy as np
 from bes.models import opt
 from bes.models.opt_config import OPTConfig
 
-_LAYER_RE = re.compile(r"^layers\.(\d+)\.(.+)$")
-# HF per-layer tensor name -> (our group, leaf, transpose).
-_LAYER_MAP = {
-    "self_attn_layer_norm.weight": ("attn_ln", "scale", False),
-    "self_attn_layer_norm.bias": ("attn_ln", "bias", False),
-    "self_attn.out_proj.weight": ("out", "kernel", True),
-    "self_attn.out_proj.bias": ("out", "bias", False),
-    "final_layer_norm.weight": ("mlp_ln", "scale", False),
-    "final_layer_norm.bias": ("mlp_ln", "bias", False),
-    "fc1.weight": ("fc1", "kernel", True),
-    "fc1.bias": ("fc1", "bias", False),
-    "fc2.weight": ("fc2", "kernel", True),
-    "fc2.bias": ("fc2", "bias", False),
+_PREFIXES = ("model.decoder.", "decoder.")
+# Our per-layer leaf -> (HF tensor name under layers.{i}., transpose).
+_LAYER_LEAVES = {
+    ("attn_ln", "scale"): ("self_attn_layer_norm.weight", False),
+    ("attn_ln", "bias"): ("self_attn_layer_norm.bias", False),
+    ("out", "kernel"): ("self_attn.out_proj.weight", True),
+    ("out", "bias"): ("self_attn.out_proj.bias", False),
+    ("mlp_ln", "scale"): ("final_layer_norm.weight", False),
+    ("mlp_ln", "bias"): ("final_layer_norm.bias", False),
+    ("fc1", "kernel"): ("fc1.weight", True),
+    ("fc1", "bias"): ("fc1.bias", False),
+    ("fc2", "kernel"): ("fc2.weight", True),
+    ("fc2", "bias"): ("fc2.bias", False),
 }
-_QKV = ("q_proj", "k_proj", "v_proj")
+
+
+def hf_shapes(config: OPTConfig) -> dict[str, tuple[int, ...]]:
+  """Shape of every HF OPT decoder tensor (names without the 'model.decoder.' prefix)."""
+  h, f, v, e = config.hidden_size, config.ffn_dim, config.vocab_size, config.word_embed_proj_dim
+  shapes = {"embed_tokens.weight": (v, e),
+            "embed_positions.weight": (config.max_position_embeddings + opt.POSITION_OFFSET, h)}
+  if config.projects_embeddings:
+    shapes.update({"project_in.weight": (h, e), "project_out.weight": (e, h)})
+  if config.do_layer_norm_before:
+    shapes.update({"final_layer_norm.weight": (h,), "final_layer_norm.bias": (h,)})
+  per_layer = {f"self_attn.{p}_proj.{kind}": (h, h) if kind == "weight" else (h,)
+               for p in ("q", "k", "v", "out") for kind in ("weight", "bias")}
+  per_layer.update({"self_attn_layer_norm.weight": (h,), "self_attn_layer_norm.bias": (h,),
+                    "final_layer_norm.weight": (h,), "final_layer_norm.bias": (h,),
+                    "fc1.weight": (f, h), "fc1.bias": (f,), "fc2.weight": (h, f),
+                    "fc2.bias": (h,)})
+  for i in range(config.num_hidden_layers):
+    shapes.update({f"layers.{i}.{k}": s for k, s in per_layer.items()})
+  return shapes
 
 
 def load_config(directory: str) -> OPTConfig:
   """The `OPTConfig` of `directory/config.json`."""
+  if not os.path.isdir(directory):
+    raise ValueError(f"checkpoint directory {directory!r} does not exist")
   path = os.path.join(directory, "config.json")
   if not os.path.isfile(path):
     raise ValueError(f"checkpoint {directory!r}: no config.json found")
@@ -53,8 +73,10 @@ def load_config(directory: str) -> OPTConfig:
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  return load_file(path)
+  # framework="flax" (not "numpy") so bfloat16 tensors read too (as ml_dtypes bfloat16).
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  with safe_open(path, framework="flax") as f:
+    return {k: np.asarray(f.get_tensor(k)) for k in f.keys()}
 
 
 def _read_bin(path: str) -> dict[str, np.ndarray]:
@@ -96,7 +118,7 @@ def read_tensors(directory: str) -> dict[str, np.ndarray]:
 
 
 def _strip_prefix(name: str) -> str | None:
-  for prefix in ("model.decoder.", "decoder."):
+  for prefix in _PREFIXES:
     if name.startswith(prefix):
       return name[len(prefix):]
   return None
@@ -104,100 +126,67 @@ def _strip_prefix(name: str) -> str | None:
 
 def convert_tensors(tensors: dict[str, np.ndarray], config: OPTConfig, dtype=jnp.float32,
                     source: str = "checkpoint") -> opt.Params:
-  """Maps HF OPT tensors onto the `opt.init_params` layout, checking every shape.
+  """Maps HF OPT tensors (by HF name) onto the `opt.init_params` layout.
 
   Raises:
-    ValueError naming the tensor, the expected and the found shape on a mismatch, or listing
-    the missing / unexpected tensors.
+    ValueError naming the tensor, the expected and the found shape on a mismatch; listing the
+    missing and unexpected tensors; or when `lm_head.weight` is not the tied token embedding.
   """
-  n = config.num_hidden_layers
-  flat: dict[str, np.ndarray] = {}  # our path "a/b" -> array; layer tensors stacked later
-  per_layer: dict[tuple[str, str], list] = {}
-  qkv: dict[tuple[int, str, str], np.ndarray] = {}
-  unexpected, lm_head = [], None
+  if not (config.enable_bias and config.layer_norm_elementwise_affine):
+    raise ValueError(f"{source}: OPT configs with enable_bias=False or "
+                     "layer_norm_elementwise_affine=False are not supported")
+  expected = hf_shapes(config)
+  found, unexpected, lm_head = {}, [], None
   for name, value in tensors.items():
+    short = _strip_prefix(name)
     if name == "lm_head.weight":
       lm_head = value
-      continue
-    short = _strip_prefix(name)
-    m = _LAYER_RE.match(short) if short else None
-    if short in ("embed_tokens.weight", "embed_positions.weight"):
-      flat[short.split(".")[0]] = value
-    elif short in ("project_in.weight", "project_out.weight"):
-      flat[short.split(".")[0]] = value.T
-    elif short in ("final_layer_norm.weight", "final_layer_norm.bias"):
-      flat["final_ln/" + ("scale" if short.endswith("weight") else "bias")] = value
-    elif m and int(m.group(1)) < n and m.group(2) in _LAYER_MAP:
-      group, leaf, transpose = _LAYER_MAP[m.group(2)]
-      per_layer.setdefault((group, leaf), [None] * n)[int(m.group(1))] = (
-          value.T if transpose else value)
-    elif m and int(m.group(1)) < n and re.fullmatch(r"self_attn\.[qkv]_proj\.(weight|bias)",
-                                                     m.group(2)):
-      proj, kind = m.group(2).split(".")[1:]
-      qkv[(int(m.group(1)), proj, kind)] = value
+    elif short in expected and short not in found:
+      found[short] = value
     else:
       unexpected.append(name)
-
-  missing = []
-  for (group, leaf), values in per_layer.items():
-    missing += [f"layers.{i}.{group}.{leaf}" for i, v in enumerate(values) if v is None]
-  for i in range(n):
-    for proj in _QKV:
-      for kind in ("weight", "bias"):
-        if (i, proj, kind) not in qkv:
-          missing.append(f"decoder.layers.{i}.self_attn.{proj}.{kind}")
-  for group, leaf, _ in set(_LAYER_MAP.values()):
-    if (group, leaf) not in per_layer:
-      missing.append(f"decoder.layers.*.{group}.{leaf}")
-  if not missing:
-    for kind, leaf, transpose in (("weight", "kernel", True), ("bias", "bias", False)):
-      stacked = []
-      for i in range(n):
-        parts = [qkv[(i, p, kind)] for p in _QKV]
-        shapes = {p.shape for p in parts}
-        if len(shapes) != 1:
-          raise ValueError(f"{source}: layer {i} q/k/v_proj.{kind} shapes differ: {shapes}")
-        stacked.append(np.concatenate([p.T if transpose else p for p in parts], axis=-1))
-      per_layer[("qkv", leaf)] = stacked
-
-  shapes = opt.param_shapes(config)
-  expected_paths = jax.tree_util.tree_flatten_with_path(
-      shapes, is_leaf=lambda x: isinstance(x, tuple))[0]
-  leaves = []
-  for path, shape in expected_paths:
-    keys = [p.key for p in path]
-    if keys[0] == "layers":
-      values = per_layer.get((keys[1], keys[2]))
-      if values is None or any(v is None for v in values):
-        leaves.append(None)
-        continue
-      for i, v in enumerate(values):
-        if v.shape != shape[1:]:
-          raise ValueError(f"{source}: tensor layers.{i}.{keys[1]}.{keys[2]} has shape "
-                           f"{v.shape}, expected {shape[1:]} for this config")
-      leaves.append(np.stack(values))
-      continue
-    key = "/".join(keys)
-    value = flat.pop(key, None)
-    if value is None:
-      missing.append(key)
-      leaves.append(None)
-    elif value.shape != shape:
-      raise ValueError(f"{source}: tensor {key} has shape {value.shape}, expected {shape} "
-                       "for this config")
-    else:
-      leaves.append(value)
-  unexpected += [f"(decoder.){k}" for k in flat]
+  missing = ["model.decoder." + k for k in expected if k not in found]
   if missing or unexpected:
     raise ValueError(f"{source}: tensors do not match the OPT config; missing: {missing}; "
                      f"unexpected: {unexpected}")
+  for short, shape in expected.items():
+    if found[short].shape != shape:
+      raise ValueError(f"{source}: tensor model.decoder.{short} has shape "
+                       f"{tuple(found[short].shape)}, expected {shape} for this config")
   if lm_head is not None:
-    embed = shapes["embed_tokens"]
-    if lm_head.shape != embed:
-      raise ValueError(f"{source}: tensor lm_head.weight has shape {lm_head.shape}, "
-                       f"expected {embed}")
-  treedef = jax.tree.structure(shapes, is_leaf=lambda x: isinstance(x, tuple))
-  return jax.tree.unflatten(treedef, [jnp.asarray(v, dtype) for v in leaves])
+    embed = found["embed_tokens.weight"]
+    if lm_head.shape != embed.shape:
+      raise ValueError(f"{source}: tensor lm_head.weight has shape {tuple(lm_head.shape)}, "
+                       f"expected {embed.shape}")
+    if not np.array_equal(lm_head, embed):
+      raise ValueError(f"{source}: lm_head.weight differs from model.decoder.embed_tokens."
+                       "weight; only the tied output embedding of OPT is supported")
+
+  n = config.num_hidden_layers
+  layer = lambda i, k: found[f"layers.{i}.{k}"]
+  layers = {}
+  for (group, leaf), (name, transpose) in _LAYER_LEAVES.items():
+    layers.setdefault(group, {})[leaf] = np.stack(
+        [layer(i, name).T if transpose else layer(i, name) for i in range(n)])
+  layers["qkv"] = {
+      "kernel": np.stack([np.concatenate([layer(i, f"self_attn.{p}_proj.weight").T
+                                          for p in "qkv"], axis=-1) for i in range(n)]),
+      "bias": np.stack([np.concatenate([layer(i, f"self_attn.{p}_proj.bias")
+                                        for p in "qkv"]) for i in range(n)]),
+  }
+  params = {"embed_tokens": found["embed_tokens.weight"],
+            "embed_positions": found["embed_positions.weight"], "layers": layers}
+  if config.projects_embeddings:
+    params["project_in"] = found["project_in.weight"].T
+    params["project_out"] = found["project_out.weight"].T
+  if config.do_layer_norm_before:
+    params["final_ln"] = {"scale": found["final_layer_norm.weight"],
+                          "bias": found["final_layer_norm.bias"]}
+  params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+  want = opt.param_shapes(config)
+  got = jax.tree.map(lambda x: tuple(x.shape), params)
+  assert got == want, (got, want)  # internal consistency of the two layouts
+  return params
 
 
 def load_checkpoint(directory: str, dtype=jnp.float32) -> tuple[OPTConfig, opt.Params]:
