@@ -59,6 +59,41 @@ class Elapsed:
     return (self.s > whole) | ((self.s == whole) & (self.us >= frac_us))
 
 
+def open_uniforms(key: jax.Array, n: int) -> jnp.ndarray:
+  """n float32 uniforms in the open interval (0, 1) from ONE threefry call: [n].
+
+  Workloads draw everything a request needs (gap, task, lengths) from these by inverse CDFs,
+  which keeps `next` cheap to compile and to run. 24-bit resolution, centred in its bins.
+  """
+  bits = jax.random.bits(key, (n,), jnp.uint32) >> 8
+  return (bits.astype(jnp.float32) + 0.5) * (1.0 / 2**24)
+
+
+GAMMA_TRIES = 4  # Marsaglia-Tsang candidates per gamma draw (each accepted w.p. >= 0.95).
+GAMMA_UNIFORMS = 2 * GAMMA_TRIES + 1
+
+
+def log_gamma_from_uniforms(u, shape) -> jnp.ndarray:
+  """log of a Gamma(shape, 1) draw (float32 scalar) from GAMMA_UNIFORMS uniforms in (0, 1).
+
+  Marsaglia & Tsang (2000) for Gamma(shape + 1), boosted to Gamma(shape) by U**(1 / shape), all
+  in log space so tiny shapes (large CVs) do not underflow. Branch-free and O(1): of
+  GAMMA_TRIES candidates the first accepted is kept; if none is (probability < 0.05**4 ~ 6e-6),
+  the candidate at z = 0 (the mode of the proposal) is used.
+  """
+  shape = jnp.asarray(shape, jnp.float32)
+  d = shape + 1.0 - 1.0 / 3.0
+  c = 1.0 / jnp.sqrt(9.0 * d)
+  z = jax.scipy.special.ndtri(u[:GAMMA_TRIES])
+  accept_u = u[GAMMA_TRIES:2 * GAMMA_TRIES]
+  v = (1.0 + c * z)**3
+  safe_v = jnp.where(v > 0, v, 1.0)
+  ok = (v > 0) & (jnp.log(accept_u) < 0.5 * z**2 + d - d * safe_v + d * jnp.log(safe_v))
+  first = jnp.argmax(ok)
+  log_v = jnp.where(jnp.any(ok), jnp.log(safe_v[first]), 0.0)
+  return jnp.log(d) + log_v + jnp.log(u[2 * GAMMA_TRIES]) / shape
+
+
 def to_gap_us(gap_us) -> jnp.ndarray:
   """Rounds a float gap in microseconds to int32, saturating at ~2147 s (2**31 - 128 us)."""
   gap_us = jnp.rint(jnp.asarray(gap_us, jnp.float32))

@@ -15,8 +15,9 @@ How a gap is drawn (O(1) per request):
   previous arrival's window, then at the next window's rate (drawn on entering it), and so on.
   Inside one window this is exactly Gamma(1/cv**2, cv**2/rate_w) seconds.
 - At most `MAX_CROSSINGS` (4) window ends are handled this way per gap; a gap still running
-  after that keeps the last window's rate (only when several consecutive windows expect
-  fewer than about one arrival each). The arrival's window then draws a fresh law.
+  after that spends its rest at the mean rate `rate_per_s` (E[m] = 1) over windows whose laws
+  are never drawn (only when several consecutive windows expect fewer than about one arrival
+  each). An arrival landing in such a window draws a fresh law for it.
 Because every gap has mean 1 in operational time and window w holds rate_w * window_s of it,
 the long-run rate is `rate_per_s` (E[m] = 1) instead of being dragged down by long gaps in
 slow windows (what a plain "previous window sets the whole gap" scheme does: measured -16% at
@@ -35,7 +36,7 @@ from flax import struct
 
 from bes import clock
 from bes.requests import Requests
-from bes.workloads.base import Elapsed, to_gap_us
+from bes.workloads.base import GAMMA_UNIFORMS, Elapsed, log_gamma_from_uniforms, open_uniforms, to_gap_us
 from bes.workloads.lengths import LengthModel
 from bes.workloads.mix import TaskMix
 
@@ -120,9 +121,9 @@ class BurstyWorkload:
   cv_median: jnp.ndarray = DEFAULT_BURSTY["cv_median"]
   cv_sigma: jnp.ndarray = DEFAULT_BURSTY["cv_sigma"]
 
-  def _window_law(self, key: jax.Array) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Draws (rate multiplier, CV) of a fresh window, float32 scalars."""
-    z = jax.random.normal(key, (2,), jnp.float32)
+  def _window_law(self, z) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(rate multiplier, CV) of a fresh window from standard normals z [..., 2] (float32)."""
+    z = jnp.moveaxis(z, -1, 0)
     sigma = jnp.asarray(self.rate_sigma, jnp.float32)
     rate_mult = jnp.exp(sigma * z[0] - 0.5 * sigma**2)
     cv = jnp.asarray(self.cv_median, jnp.float32) * jnp.exp(self.cv_sigma * z[1])
@@ -135,24 +136,28 @@ class BurstyWorkload:
     return jnp.asarray(self.rate_per_s, jnp.float32) * rate_mult / clock.US_PER_S
 
   def init(self, key: jax.Array) -> BurstyState:
-    rate_mult, cv = self._window_law(key)
+    rate_mult, cv = self._window_law(jax.random.normal(key, (2,), jnp.float32))
     return BurstyState(t=Elapsed.zero(), window=jnp.zeros((), jnp.int32),
                        to_end_us=self._window_us(), rate_mult=rate_mult, cv=cv)
 
   def next(self, key: jax.Array, state: BurstyState) -> tuple[Requests, BurstyState]:
     """One arrival (module docstring): unrolled, at most MAX_CROSSINGS + 2 window draws."""
-    keys = jax.random.split(key, MAX_CROSSINGS + 4)
-    k_gap, k_land, k_task, k_len = keys[:4]
+    # Uniforms: task, prompt, output, (rate, CV) of the windows a gap may enter
+    # (MAX_CROSSINGS crossed, then the landing window), then the gamma draw.
+    n_law = 2 * (MAX_CROSSINGS + 1)
+    u = open_uniforms(key, 3 + n_law + GAMMA_UNIFORMS)
+    fresh_mults, fresh_cvs = self._window_law(
+        jax.scipy.special.ndtri(u[3:3 + n_law]).reshape(MAX_CROSSINGS + 1, 2))
     window_us = self._window_us()
-    # Operational-time gap, mean 1. loggamma keeps tiny shapes (large CV) from underflowing.
-    op = jnp.exp(jax.random.loggamma(k_gap, 1.0 / state.cv**2, dtype=jnp.float32)) * state.cv**2
+    # Operational-time gap, mean 1 (log space keeps tiny shapes, large CVs, from underflowing).
+    op = jnp.exp(log_gamma_from_uniforms(u[3 + n_law:], 1.0 / state.cv**2)) * state.cv**2
     gap_us = jnp.zeros((), jnp.int32)
     window, to_end, rate_mult, cv = state.window, state.to_end_us, state.rate_mult, state.cv
     running = jnp.ones((), bool)
-    for k in keys[4:]:
+    for j in range(MAX_CROSSINGS):
       capacity = to_end.astype(jnp.float32) * self._rate_per_us(rate_mult)
       cross = running & (op > capacity)
-      fresh_mult, fresh_cv = self._window_law(k)
+      fresh_mult, fresh_cv = fresh_mults[j], fresh_cvs[j]
       gap_us = jnp.where(cross, _add_sat(gap_us, to_end), gap_us)
       op = jnp.where(cross, op - capacity, op)
       window = window + cross.astype(jnp.int32)
@@ -160,7 +165,12 @@ class BurstyWorkload:
       rate_mult = jnp.where(cross, fresh_mult, rate_mult)
       cv = jnp.where(cross, fresh_cv, cv)
       running = cross
-    rest_us = to_gap_us(op / self._rate_per_us(rate_mult))
+    # The rest of the gap fits in the current window, unless MAX_CROSSINGS ends were crossed:
+    # then it fills this window and runs on at the mean rate (E[m] = 1) over windows not drawn.
+    capacity = to_end.astype(jnp.float32) * self._rate_per_us(rate_mult)
+    beyond = op > capacity
+    rest_us = to_gap_us(jnp.where(beyond, to_end + (op - capacity) / self._rate_per_us(1.0),
+                                  op / self._rate_per_us(rate_mult)))
     gap_us = _add_sat(gap_us, rest_us)
     # Landing at or past the window end (only after MAX_CROSSINGS, or by rounding).
     over = rest_us - to_end
@@ -168,11 +178,11 @@ class BurstyWorkload:
     over = jnp.maximum(over, 0)
     window = window + jnp.where(past, over // window_us + 1, 0)
     to_end = jnp.where(past, window_us - over % window_us, to_end - rest_us)
-    fresh_mult, fresh_cv = self._window_law(k_land)
+    fresh_mult, fresh_cv = fresh_mults[MAX_CROSSINGS], fresh_cvs[MAX_CROSSINGS]
     t = state.t.advance(gap_us)
     state = BurstyState(t=t, window=window, to_end_us=to_end,
                         rate_mult=jnp.where(past, fresh_mult, rate_mult),
                         cv=jnp.where(past, fresh_cv, cv))
-    task = self.mix.draw(k_task, t)
-    prompt_len, output_len = self.lengths.draw(k_len, task)
+    task = self.mix.task_from_uniform(u[0], t)
+    prompt_len, output_len = self.lengths.from_uniforms(u[1:3], task)
     return Requests(gap_us=gap_us, task=task, prompt_len=prompt_len, output_len=output_len), state

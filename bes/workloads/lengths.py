@@ -86,9 +86,16 @@ class LengthModel:
     return cls.create(num_tasks, AZURE_CONV_PROMPT, AZURE_CONV_OUTPUT, max_prompt_len,
                       max_output_len)
 
+  def from_uniforms(self, u, task) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(prompt_len, output_len), int32 scalar tokens for `task`, from uniforms u [2] in (0, 1)."""
+    return self.from_normals(jax.scipy.special.ndtri(u), task)
+
   def draw(self, key: jax.Array, task) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Draws (prompt_len, output_len), int32 scalars in tokens, for one request of `task`."""
-    z = jax.random.normal(key, (2,), jnp.float32)
+    return self.from_normals(jax.random.normal(key, (2,), jnp.float32), task)
+
+  def from_normals(self, z, task) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(prompt_len, output_len) from standard normals z [2]."""
     prompt = jnp.exp(self.prompt_mu[task] + self.prompt_sigma[task] * z[0])
     output = jnp.exp(self.output_mu[task] + self.output_sigma[task] * z[1])
     prompt = jnp.clip(jnp.rint(prompt), 1.0, float(self.max_prompt_len)).astype(jnp.int32)

@@ -63,10 +63,20 @@ class TaskMix:
     """Index (int32 scalar) of the segment in force at elapsed time `t` (exact)."""
     return jnp.sum(t.at_or_after(self.breakpoints_s)).astype(jnp.int32)
 
+  def task_from_uniform(self, u, t: Elapsed) -> jnp.ndarray:
+    """Task index (int32 scalar) of an arrival at elapsed time `t`, by inverse CDF of u in (0, 1).
+
+    Boundaries are 1 - (mass of tasks j+1..T-1): exactly 0 before leading zero-probability
+    tasks and exactly 1 before trailing ones, so a zero-probability task is never drawn.
+    """
+    p = self.probs[self.segment(t)]
+    suffix = jnp.cumsum(p[::-1])[::-1]
+    bounds = 1.0 - suffix[1:] / suffix[0]
+    return jnp.sum(u >= bounds).astype(jnp.int32)
+
   def draw(self, key: jax.Array, t: Elapsed) -> jnp.ndarray:
     """Draws one task index (int32 scalar) for an arrival at elapsed time `t`."""
-    p = self.probs[self.segment(t)]
-    return jax.random.categorical(key, jnp.log(p)).astype(jnp.int32)
+    return self.task_from_uniform(jax.random.uniform(key, (), jnp.float32), t)
 
 
 def parse_weights(value, num_tasks: int, where: str) -> np.ndarray | None:

@@ -7,7 +7,7 @@ from flax import struct
 
 from bes import clock
 from bes.requests import Requests
-from bes.workloads.base import Elapsed, to_gap_us
+from bes.workloads.base import Elapsed, open_uniforms, to_gap_us
 from bes.workloads.lengths import LengthModel
 from bes.workloads.mix import TaskMix
 
@@ -34,10 +34,10 @@ class PoissonWorkload:
 
   def next(self, key: jax.Array, state: Elapsed) -> tuple[Requests, Elapsed]:
     """One arrival: gap ~ Exponential(mean 1/rate s), rounded to whole microseconds."""
-    k_gap, k_task, k_len = jax.random.split(key, 3)
+    u = open_uniforms(key, 4)  # gap, task, prompt, output.
     mean_gap_us = clock.US_PER_S / jnp.asarray(self.rate_per_s, jnp.float32)
-    gap_us = to_gap_us(jax.random.exponential(k_gap, (), jnp.float32) * mean_gap_us)
+    gap_us = to_gap_us(-jnp.log(u[0]) * mean_gap_us)
     t = state.advance(gap_us)
-    task = self.mix.draw(k_task, t)
-    prompt_len, output_len = self.lengths.draw(k_len, task)
+    task = self.mix.task_from_uniform(u[1], t)
+    prompt_len, output_len = self.lengths.from_uniforms(u[2:], task)
     return Requests(gap_us=gap_us, task=task, prompt_len=prompt_len, output_len=output_len), t

@@ -24,7 +24,7 @@ from flax import struct
 
 from bes import requests as requests_lib
 from bes.requests import Requests
-from bes.workloads.base import Elapsed
+from bes.workloads.base import Elapsed, open_uniforms
 from bes.workloads.lengths import LengthModel
 from bes.workloads.mix import TaskMix
 
@@ -259,12 +259,12 @@ class TraceWorkload:
     i = state.index
     gap_us = jnp.where((i == 0) & ~state.first, self.wrap_gap_us, self.requests.gap_us[i])
     t = state.t.advance(gap_us)
-    k_task, k_len = jax.random.split(key)
-    task = self.mix.draw(k_task, t) if self.draw_tasks else self.requests.task[i]
+    u = open_uniforms(key, 3)  # task, prompt, output.
+    task = self.mix.task_from_uniform(u[0], t) if self.draw_tasks else self.requests.task[i]
     if self.lengths is None:
       prompt_len, output_len = self.requests.prompt_len[i], self.requests.output_len[i]
     else:
-      prompt_len, output_len = self.lengths.draw(k_len, task)
+      prompt_len, output_len = self.lengths.from_uniforms(u[1:], task)
     index = jnp.where(i + 1 == size, 0, i + 1).astype(jnp.int32)
     request = Requests(gap_us=gap_us, task=task, prompt_len=prompt_len, output_len=output_len)
     return request, TraceState(index=index, first=jnp.zeros((), bool), t=t)
