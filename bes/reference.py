@@ -13,7 +13,8 @@ Decisions where the design page is silent (shared with the jitted environment):
   seconds_to_us(decode_step_s[b-1])`, `fixed_us = seconds_to_us(prefill_s_fixed)`,
   `per_token_ns = seconds_to_ns(prefill_s_per_token)`. An iteration with running batch b
   (after admission) lasts `decode_us[b] + prefill_us(sum of admitted prompt_len)` where the
-  prefill term is present only if something was admitted.
+  prefill term is present only if something was admitted. A decode time that rounds to
+  0 us is refused (every iteration takes at least 1 us, so time always advances).
 * Deadline budget: `deadline_us[task] + deadline_per_token_us * output_len`; on time iff
   `latency_us <= budget_us`.
 * Utility (float32): on time `q`; late hard `-miss_penalty`; late soft

@@ -217,6 +217,8 @@ def test_bad_inputs_are_refused():
     simulate(p, _requests([0, 0], [1, 0]), [0, 0], _cfg())
   with pytest.raises(ValueError, match=r"requests.task\[0\]"):
     simulate(p, _requests([0], [1], task=[3]), [0], _cfg())
+  with pytest.raises(ValueError, match="1 microsecond"):
+    simulate(_profile(_model(decode=(4e-7,))), _requests([0], [1]), [0], _cfg())
   with pytest.raises(ValueError, match="queue_capacity"):
     simulate(p, reqs, [0, 0, 0], _cfg(queue_capacity=0))
 
