@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax import struct
+
 from bes import clock
 from bes.env.serving_env import EnvParams, ServingEnv
 from bes.requests import Requests
@@ -19,9 +21,17 @@ def replay(requests: Requests, num_tasks: int) -> TraceWorkload:
   return TraceWorkload.create(requests, mix_from_strings("", "", num_tasks), draw_tasks=False)
 
 
-def action_table(actions) -> "Policy":
+@struct.dataclass
+class ActionTable:
   """A policy that routes request i of the episode to `actions[i]` (int32 [episode_len])."""
-  return lambda key, obs, state: jnp.asarray(actions, jnp.int32)[state.index]
+  actions: jnp.ndarray
+
+  def __call__(self, key, obs, state):
+    return self.actions[state.index]
+
+
+def action_table(actions) -> ActionTable:
+  return ActionTable(jnp.asarray(actions, jnp.int32))
 
 
 def rollout(env: ServingEnv, params: EnvParams, policy, key: jax.Array, num_steps: int):
@@ -32,7 +42,13 @@ def rollout(env: ServingEnv, params: EnvParams, policy, key: jax.Array, num_step
   """
   k_reset, k_run = jax.random.split(key)
   obs, state = env.reset(k_reset, params)
+  (_, state), trajectory = run_steps(env, params, policy, obs, state,
+                                     jax.random.split(k_run, num_steps))
+  return state, trajectory
 
+
+def run_steps(env: ServingEnv, params: EnvParams, policy, obs, state, keys):
+  """`lax.scan` of `env.step` over `keys` ([num_steps] keys) from (obs, state)."""
   def body(carry, k):
     obs, state = carry
     k_act, k_step = jax.random.split(k)
@@ -42,8 +58,7 @@ def rollout(env: ServingEnv, params: EnvParams, policy, key: jax.Array, num_step
                completed=info["completed"], on_time=info["on_time"])
     return (obs, state), out
 
-  (_, state), trajectory = jax.lax.scan(body, (obs, state), jax.random.split(k_run, num_steps))
-  return state, trajectory
+  return jax.lax.scan(body, (obs, state), keys)
 
 
 def rollout_async(env: ServingEnv, params: EnvParams, policy, key: jax.Array, num_calls: int,
@@ -80,18 +95,48 @@ def outcomes_to_numpy(outcomes) -> dict:
       utility=np.asarray(o.utility))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2))
-def _run_episode(env, params, policy, key):
-  return rollout(env, params, policy, key, env.episode_len)
+_jit_reset = jax.jit(lambda env, params, key: env.reset(key, params), static_argnums=0)
 
 
-def run_episode(env: ServingEnv, params: EnvParams, policy, key: jax.Array):
-  """One whole episode with outcome recording; returns (outcomes dict of numpy arrays, step rewards).
+@functools.partial(jax.jit, static_argnums=0)
+def _chunk(env, params, policy, obs, state, keys, num_live):
+  """Steps from (obs, state), one per row of `keys`; rows from `num_live` on are skipped, so
+  that every chunk, the last one included, has one shape (one compilation)."""
+  def body(carry, xs):
+    k, live = xs
+    k_act, k_step = jax.random.split(k)
+    step = lambda c: env.step(k_step, c[1], policy(k_act, c[0], c[1]), params)[:3]
+    skip = lambda c: (c[0], c[1], jnp.float32(0))
+    obs, state, reward = jax.lax.cond(live, step, skip, carry)
+    return (obs, state), reward
 
-  Outcome keys: `arrival` (s, float64 exact), `task`, `model`, `instance`, `latency` (s, inf when
-  rejected), `latency_us` (int, -1 when rejected), `on_time`, `rejected`, `utility`.
+  live = jnp.arange(keys.shape[0]) < num_live
+  return jax.lax.scan(body, (obs, state), (keys, live))
+
+
+def run_episode(env: ServingEnv, params: EnvParams, policy, key: jax.Array,
+                chunk: int | None = None, progress=None):
+  """One whole episode with outcome recording; returns (outcomes, step rewards [episode_len]).
+
+  Runs as jitted scans of `chunk` steps (default: the whole episode; one compilation, the
+  last chunk padded with skipped steps), calling `progress(steps_done, episode_len)` after
+  each. `policy` is a pytree (traced: one compilation serves every fixed policy). Outcomes:
+  see `outcomes_to_numpy`.
   """
   if not env.record:
     raise ValueError("run_episode needs an environment built with record=True")
-  state, trajectory = _run_episode(env, params, policy, key)
-  return outcomes_to_numpy(state.outcomes), np.asarray(trajectory["reward"])
+  n = env.episode_len
+  chunk = n if not chunk else int(chunk)
+  k_reset, k_run = jax.random.split(key)
+  obs, state = _jit_reset(env, params, k_reset)
+  num_chunks = -(-n // chunk)
+  keys = jax.random.split(k_run, num_chunks * chunk).reshape(num_chunks, chunk, -1)
+  rewards, done = [], 0
+  for c in range(num_chunks):
+    m = min(chunk, n - done)
+    (obs, state), reward = _chunk(env, params, policy, obs, state, keys[c], m)
+    rewards.append(np.asarray(reward)[:m])
+    done += m
+    if progress is not None:
+      progress(done, n)
+  return outcomes_to_numpy(state.outcomes), np.concatenate(rewards)

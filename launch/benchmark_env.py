@@ -1,0 +1,149 @@
+r"""Environment throughput: request-steps per second of the jitted, vmapped simulator.
+
+Measures, on the default profile and config workload with a uniformly random router:
+  * `step` (every environment runs to its next arrival, in lockstep under vmap) and
+    `step_async` (at most `--max_passes` event passes per model group per call; each
+    environment on its own clock) for 1, 64, 1024 and 4096 parallel environments;
+  * compile time (first call) and steady-state throughput (best of `--repeats`);
+  * the same requests and actions through the plain-Python reference (`bes.reference`),
+    reported as the ratio of the two throughputs.
+With several JAX devices (e.g. `XLA_FLAGS=--xla_force_host_platform_device_count=2` on a
+2-core CPU), environments are sharded over a 1-D device mesh ('envs' axis).
+
+  python launch/benchmark_env.py --out=results/env_benchmark
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
+
+from bes import policies, reference  # noqa: E402
+from bes.env import rollout as rollout_lib  # noqa: E402
+from bes.env.config import env_from_config  # noqa: E402
+from bes.workloads import sample  # noqa: E402
+
+flags.DEFINE_list("num_envs", ["1", "64", "1024", "4096"], "Parallel environments.")
+flags.DEFINE_integer("steps", 256, "Calls per measured run (per environment).")
+flags.DEFINE_integer("repeats", 3, "Measured runs; the best is reported.")
+flags.DEFINE_list("max_passes", ["none", "1", "2"], "'none' = step (lockstep), k = step_async.")
+flags.DEFINE_integer("reference_requests", 3000, "Requests through the Python reference.")
+flags.DEFINE_string("out", "results/env_benchmark", "Writes OUT.json and OUT.md.")
+FLAGS = flags.FLAGS
+
+
+def _config():
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  "configs"))
+  import default  # noqa: E402
+  return default.get_config()
+
+
+def make_runner(env, params, policy, steps, max_passes, num_envs):
+  """jit(vmap(rollout)) returning decisions and summed reward per environment."""
+  def run(key):
+    if max_passes is None:
+      _, traj = rollout_lib.rollout(env, params, policy, key, steps)
+      return jnp.int32(steps), traj["reward"].sum()
+    _, traj = rollout_lib.rollout_async(env, params, policy, key, steps, max_passes)
+    return traj["decided"].sum(dtype=jnp.int32), traj["reward"].sum()
+
+  devices = jax.devices()
+  if len(devices) > 1 and num_envs % len(devices) == 0:
+    mesh = Mesh(np.array(devices), ("envs",))
+    shard = NamedSharding(mesh, P("envs"))
+    return jax.jit(jax.vmap(run), in_shardings=shard, out_shardings=shard), shard
+  return jax.jit(jax.vmap(run)), None
+
+
+def bench_env(env, params, policy, num_envs, max_passes):
+  runner, shard = make_runner(env, params, policy, FLAGS.steps, max_passes, num_envs)
+  keys = jax.random.split(jax.random.PRNGKey(0), num_envs)
+  if shard is not None:
+    keys = jax.device_put(keys, shard)
+  start = time.perf_counter()
+  jax.block_until_ready(runner(keys))
+  compile_s = time.perf_counter() - start
+  best = float("inf")
+  for r in range(FLAGS.repeats):
+    keys = jax.random.split(jax.random.PRNGKey(r + 1), num_envs)
+    if shard is not None:
+      keys = jax.device_put(keys, shard)
+    start = time.perf_counter()
+    decided, _ = jax.block_until_ready(runner(keys))
+    elapsed = time.perf_counter() - start
+    best = min(best, elapsed)
+    decisions = int(np.asarray(decided).sum())
+  return dict(num_envs=num_envs, max_passes=max_passes, compile_plus_first_run_s=compile_s,
+              run_s=best, decisions=decisions, calls=num_envs * FLAGS.steps,
+              request_steps_per_s=decisions / best)
+
+
+def bench_reference(profile, serving, workload, n):
+  """The plain-Python reference on `n` requests of the same workload, random actions."""
+  requests = jax.device_get(sample(workload, jax.random.PRNGKey(0), n))
+  actions = np.random.default_rng(0).integers(0, len(profile.models), n)
+  start = time.perf_counter()
+  reference.simulate(profile, requests, actions, serving)
+  elapsed = time.perf_counter() - start
+  return dict(requests=n, run_s=elapsed, request_steps_per_s=n / elapsed)
+
+
+def main(argv):
+  del argv
+  config = _config()
+  env, params, profile = env_from_config(config)
+  from bes.env.config import serving_config_from
+  serving = serving_config_from(config.env, len(profile.tasks))
+  policy = policies.uniform_random(len(profile.tasks), len(profile.models))
+  rows = []
+  for n in map(int, FLAGS.num_envs):
+    for mp in FLAGS.max_passes:
+      max_passes = None if mp == "none" else int(mp)
+      row = bench_env(env, params, policy, n, max_passes)
+      rows.append(row)
+      print(f"envs={n:5d} passes={mp:>4}: {row['request_steps_per_s']:12,.0f} request-steps/s "
+            f"(compile+first {row['compile_plus_first_run_s']:.1f} s)", flush=True)
+  ref = bench_reference(profile, serving, params.workload, FLAGS.reference_requests)
+  print(f"python reference: {ref['request_steps_per_s']:,.0f} request-steps/s")
+  best = max(rows, key=lambda r: r["request_steps_per_s"])
+  result = dict(
+      command="python " + " ".join(sys.argv), date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+      jax=jax.__version__, devices=[str(d) for d in jax.devices()], cpu_count=os.cpu_count(),
+      machine=platform.machine(), profile=profile.name, workload=config.workload.to_dict(),
+      episode_len=env.episode_len, steps=FLAGS.steps, rows=rows, reference=ref,
+      best_ratio_vs_reference=best["request_steps_per_s"] / ref["request_steps_per_s"])
+  os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
+  with open(FLAGS.out + ".json", "w") as f:
+    json.dump(result, f, indent=2)
+  with open(FLAGS.out + ".md", "w") as f:
+    f.write(f"# Environment throughput\n\nCommand: `{result['command']}`"
+            f"{' with XLA_FLAGS=' + os.environ['XLA_FLAGS'] if os.environ.get('XLA_FLAGS') else ''}"
+            f"\n\nDate {result['date']}, jax {jax.__version__}, devices {result['devices']}, "
+            f"{os.cpu_count()} CPU cores. Profile `{profile.name}`, workload "
+            f"{config.workload.kind} at {config.workload.rate} req/s, uniformly random router, "
+            f"{FLAGS.steps} calls per environment, best of {FLAGS.repeats}.\n\n"
+            "| envs | mode | request-steps/s | compile + first run (s) |\n|---:|---|---:|---:|\n")
+    for r in rows:
+      mode = "step (lockstep)" if r["max_passes"] is None else f"step_async, {r['max_passes']} pass(es)"
+      f.write(f"| {r['num_envs']} | {mode} | {r['request_steps_per_s']:,.0f} | "
+              f"{r['compile_plus_first_run_s']:.1f} |\n")
+    f.write(f"\nPlain-Python reference, same workload, {ref['requests']} requests: "
+            f"{ref['request_steps_per_s']:,.0f} request-steps/s. Best jitted / reference: "
+            f"{result['best_ratio_vs_reference']:.0f}x.\n")
+  print(f"wrote {FLAGS.out}.json and .md")
+
+
+if __name__ == "__main__":
+  app.run(main)

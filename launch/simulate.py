@@ -1,0 +1,161 @@
+r"""Runs fixed routing policies over a workload or trace through the jitted environment.
+
+For each policy, every request of the workload goes through the same jitted code path the
+router trains in (`bes.env.serving_env`), with per-request outcomes recorded. Writes, per
+policy, `outcomes.csv` (id,arrival,task,model,instance,latency,on_time,rejected,utility; one
+row per request in arrival order; latency `inf` when rejected) and `metrics.json`; with one
+policy they go straight into --out, with several into --out/<policy>/, plus a comparison
+`--out/metrics.json` and a table on stdout.
+
+  python launch/simulate.py --out=runs/simulate
+  python launch/simulate.py --trace=bes/data/traces/azure_llm_2023_code.csv \
+      --policy=static:opt-6.7b --out=runs/code_static_6.7b
+  python launch/simulate.py --config.workload.kind=poisson --config.workload.rate=40 \
+      --policy='task_map:0,1,2,2' --reward=soft --out=runs/x
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bes import metrics, policies  # noqa: E402
+from bes.env import config as env_config  # noqa: E402
+from bes.env import rollout as rollout_lib  # noqa: E402
+from bes.workloads import load_trace_csv  # noqa: E402
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "configs", "default.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file.")
+_PROFILE = flags.DEFINE_string("profile", None, "Profile JSON (default: config.profile).")
+_TRACE = flags.DEFINE_string(
+    "trace", None, "Trace CSV (arrived_at,num_prefill_tokens,num_decode_tokens[,task]) to "
+    "replay whole, with its own lengths; sets config.workload.kind=trace.")
+_POLICY = flags.DEFINE_multi_string(
+    "policy", None, "static:M | round_robin | random | task_map:M0,M1,... (M an index or a "
+    "model name); repeat the flag for several. Default: config.simulate.policies.")
+_NUM_REQUESTS = flags.DEFINE_integer("num_requests", None, "Requests for generated workloads.")
+_DEADLINE_S = flags.DEFINE_string("deadline_s", None, "Deadline in s, one or one per task.")
+_DEADLINE_PER_TOKEN_S = flags.DEFINE_float("deadline_per_token_s", None, "Deadline s/token.")
+_REWARD = flags.DEFINE_enum("reward", None, ["hard", "soft"], "Deadline kind.")
+_SOFT_WINDOW_S = flags.DEFINE_float("soft_window_s", None, "Soft-deadline window in s.")
+_MISS_PENALTY = flags.DEFINE_float("miss_penalty", None, "Utility lost by a miss/rejection.")
+_QUEUE_CAPACITY = flags.DEFINE_integer("queue_capacity", None, "Waiting slots per instance.")
+_SEED = flags.DEFINE_integer("seed", None, "Random seed (workload draws, random policy).")
+_OUT = flags.DEFINE_string("out", "runs/simulate", "Output directory.")
+
+OUTCOME_COLUMNS = ("id", "arrival", "task", "model", "instance", "latency", "on_time",
+                   "rejected", "utility")
+
+
+def apply_flags(config):
+  """Copies the explicit flags given on the command line into the config."""
+  if _PROFILE.value is not None:
+    config.profile = _PROFILE.value
+  if _TRACE.value is not None:
+    config.workload.kind = "trace"
+    config.workload.trace = _TRACE.value
+    config.workload.lengths = "trace"
+  for flag, key in ((_DEADLINE_S, "deadline_s"), (_DEADLINE_PER_TOKEN_S, "deadline_per_token_s"),
+                    (_REWARD, "reward"), (_SOFT_WINDOW_S, "soft_window_s"),
+                    (_MISS_PENALTY, "miss_penalty"), (_QUEUE_CAPACITY, "queue_capacity")):
+    if flag.value is not None:
+      config.env[key] = flag.value
+  if _NUM_REQUESTS.value is not None:
+    config.simulate.num_requests = _NUM_REQUESTS.value
+  if _SEED.value is not None:
+    config.seed = _SEED.value
+  return config
+
+
+def num_requests(config) -> int:
+  """A trace is replayed whole; generated workloads draw config.simulate.num_requests."""
+  if config.workload.kind == "trace":
+    return len(load_trace_csv(config.workload.trace))
+  n = int(config.simulate.num_requests)
+  if n < 1:
+    raise ValueError(f"--num_requests / config.simulate.num_requests must be >= 1, got {n}")
+  return n
+
+
+def write_outcomes_csv(path: str, outcomes: dict) -> None:
+  """One row per request in arrival order; latency in seconds (`inf` when rejected)."""
+  o = outcomes
+  with open(path, "w") as f:
+    f.write(",".join(OUTCOME_COLUMNS) + "\n")
+    for i in range(len(o["arrival"])):
+      f.write(f"{i},{o['arrival'][i]:.6f},{o['task'][i]},{o['model'][i]},{o['instance'][i]},"
+              f"{o['latency'][i]:.6f},{int(o['on_time'][i])},{int(o['rejected'][i])},"
+              f"{o['utility'][i]:.6f}\n")
+
+
+def slug(spec: str) -> str:
+  return re.sub(r"[^A-Za-z0-9._-]+", "_", spec)
+
+
+TABLE_COLUMNS = (("availability", "avail"), ("mean_utility", "utility"),
+                 ("frac_windows_ge_96", "win>=96%"), ("frac_windows_ge_98", "win>=98%"),
+                 ("perf_per_gpu", "util/s/GPU"), ("p50_latency_s", "p50 s"),
+                 ("p99_latency_s", "p99 s"), ("rejected_frac", "rejected"))
+
+
+def format_table(rows: dict) -> str:
+  """A fixed-width table of the headline metrics, one row per policy."""
+  fmt = lambda v: "-" if v is None else f"{v:.4f}"
+  width = max(len(k) for k in list(rows) + ["policy"]) + 2
+  lines = ["policy".ljust(width) + "".join(short.rjust(11) for _, short in TABLE_COLUMNS)]
+  for name, m in rows.items():
+    lines.append(name.ljust(width) + "".join(fmt(m[key]).rjust(11) for key, _ in TABLE_COLUMNS))
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  config = apply_flags(_CONFIG.value)
+  specs = _POLICY.value or [s for s in config.simulate.policies.split(";") if s]
+  n = num_requests(config)
+  env, params, profile = env_config.env_from_config(config, episode_len=n, record=True)
+  names = [m.name for m in profile.models]
+  built = {spec: policies.parse_policy(spec, len(names), len(profile.tasks), names)
+           for spec in specs}
+  os.makedirs(_OUT.value, exist_ok=True)
+  logging.info("profile %s (%d GPUs), workload %s, %d requests, policies %s", profile.name,
+               profile.num_gpus, config.workload.kind, n, specs)
+  results = {}
+  for spec, policy in built.items():
+    start = time.time()
+
+    def progress(done, total, spec=spec, start=start):
+      print(f"  {spec}: {done}/{total} requests ({time.time() - start:.1f} s)", flush=True)
+
+    outcomes, _ = rollout_lib.run_episode(env, params, policy, jax.random.PRNGKey(config.seed),
+                                          chunk=int(config.simulate.chunk), progress=progress)
+    summary = metrics.summarize(outcomes, profile, window_s=float(config.simulate.window_s))
+    out_dir = _OUT.value if len(specs) == 1 else os.path.join(_OUT.value, slug(spec))
+    os.makedirs(out_dir, exist_ok=True)
+    write_outcomes_csv(os.path.join(out_dir, "outcomes.csv"), outcomes)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+      json.dump(dict(summary, policy=spec), f, indent=2)
+    results[spec] = summary
+  if len(specs) > 1:
+    with open(os.path.join(_OUT.value, "metrics.json"), "w") as f:
+      json.dump({"profile": profile.name, "workload": config.workload.to_dict(),
+                 "env": config.env.to_dict(), "num_requests": n,
+                 "peak": next(iter(results.values()))["peak"], "policies": results}, f, indent=2)
+  print(f"\n{n} requests, peak (best model per task) = {next(iter(results.values()))['peak']:.4f}")
+  print(format_table(results))
+  print(f"\nwrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
