@@ -93,9 +93,8 @@ def main(argv):
         raise app.UsageError(f"model {name}: a cache of {length} tokens exceeds "
                              f"max_position_embeddings={config.max_position_embeddings}")
     params = opt.init_params(config, jax.random.key(_SEED.value + i), dtype)
-    decode = [latency.time_decode(params, config, b, _CONTEXT_LEN.value, max_len, dtype,
-                                  _REPEATS.value, _WARMUP.value, _SEED.value)
-              for b in range(1, _MAX_BATCH.value + 1)]
+    decode = latency.time_decode(params, config, _MAX_BATCH.value, _CONTEXT_LEN.value,
+                                 max_len, dtype, _REPEATS.value, _WARMUP.value, _SEED.value)
     prefill = latency.time_prefill(params, config, lengths, dtype, _REPEATS.value,
                                    _WARMUP.value, _SEED.value)
     fixed, per_token = latency.fit_prefill(lengths, prefill)
@@ -114,10 +113,11 @@ def main(argv):
   provenance = (
       f"Measured by launch/profile.py on {device.platform} device '{device.device_kind}' "
       f"(jax {jax.__version__}, {_DTYPE.value}, random weights, {date}). decode_step_s[b-1]: "
-      f"median of {_REPEATS.value} Engine.generate_step calls (after {_WARMUP.value} warm-up) "
-      f"of an engine with exactly b slots, all active, caches filled to {_CONTEXT_LEN.value} "
-      f"tokens (max_len {max_len}), block_until_ready on the state. prefill: median "
-      f"prefill+insert time at each length, least-squares line (clipped at 0). Quality: "
+      f"median of {_REPEATS.value} Engine.generate_step calls (after {_WARMUP.value} warm-up, "
+      f"batch sizes round-robin) of an engine with exactly b slots, all active, caches filled "
+      f"to {_CONTEXT_LEN.value} tokens (max_len {max_len}), block_until_ready on the state. "
+      f"prefill: median prefill+insert time at each length, least-squares line (clipped at "
+      f"0). Quality: "
       f"{_QUALITY.value or 'bes/data/quality/opt_zero_shot_accuracy.csv'}. " + "; ".join(notes))
   d = {"name": _NAME.value or f"{device.platform}-measured", "provenance": provenance,
        "tasks": list(_TASKS.value), "models": entries}

@@ -1,14 +1,17 @@
 """Latency measurement of the slot engine (`bes.models.engine`), for measured profiles.
 
 What is timed (seconds, wall clock, `jax.block_until_ready` on the results):
-  * `time_decode`: one `Engine.generate_step` of an engine with exactly `batch` slots, all
-    active, every slot's cache filled to `context_len` tokens (cache contents are zeros: the
-    time does not depend on them). The engine attends densely over all `max_len` cache
-    entries (masked), so the time is that of a runtime using the same max_len. Median of
-    `repeats` calls after `warmup` untimed ones (the first compiles); the cache length is
-    reset to `context_len` before every call, outside the timed region.
+  * `time_decode`: one `Engine.generate_step` at each running batch b = 1..max_batch, by an
+    engine with exactly b slots, all active, every slot's cache filled to `context_len`
+    tokens (cache contents are zeros: the time does not depend on them). The engine attends
+    densely over all `max_len` cache entries (masked), so the time is that of a runtime
+    using the same max_len. Each call starts from a fresh state built outside the timed
+    region. Median of `repeats` calls after `warmup` untimed ones (the first compiles), the
+    batch sizes taken round-robin (every round times b = 1..max_batch once), so a busy
+    period of a shared machine does not skew a few entries.
   * `time_prefill`: the admission of one request, `Engine.prefill` + `Engine.insert`, at each
-    prompt length (the engine's buckets are exactly those lengths: nothing is padded).
+    prompt length (the engine's buckets are exactly those lengths: nothing is padded), the
+    lengths round-robin like the batch sizes.
   * `fit_prefill`: least-squares line seconds = fixed + per_token * length, each clipped at 0.
 
 Also the small parsers of the profiler's command line (`launch/profile.py`).
@@ -28,41 +31,51 @@ from bes.models import engine as engine_lib
 from bes.models.opt_config import OPTConfig, opt_config
 
 
-def _timed(fn, repeats: int, warmup: int) -> float:
-  """Median wall-clock seconds of `fn()` (which must block until its work is done)."""
-  times = []
-  for i in range(warmup + repeats):
-    t0 = time.perf_counter()
-    fn()
-    if i >= warmup:
-      times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+def _interleaved(calls, repeats: int, warmup: int) -> list[float]:
+  """Median seconds of each of `calls` (each returns the seconds it timed), run round-robin.
+
+  `warmup` untimed rounds first (the first compiles), then `repeats` timed rounds: a slow
+  period of a shared machine hits every call alike instead of a few table entries.
+  """
+  for _ in range(warmup):
+    for call in calls:
+      call()
+  times = [[] for _ in calls]
+  for _ in range(repeats):
+    for i, call in enumerate(calls):
+      times[i].append(call())
+  return [statistics.median(t) for t in times]
 
 
-def time_decode(params, config: OPTConfig, batch: int, context_len: int, max_len: int,
-                dtype, repeats: int, warmup: int, seed: int = 0) -> float:
-  """Seconds of one decode iteration at running batch `batch` (see the module docstring)."""
-  eng = engine_lib.Engine(params, config, num_slots=batch, max_len=max_len, dtype=dtype)
-  rng = np.random.default_rng(seed)
-  box = [eng.init_decode_state()]
+def _decode_call(eng: engine_lib.Engine, context_len: int, rng: np.random.Generator):
+  """A timed `generate_step` of a fresh state: every slot active, cache_len = context_len."""
+  b, vocab = eng.num_slots, eng.config.vocab_size
 
-  def fill(state):
-    n = jnp.full((batch,), context_len, jnp.int32)
-    return state.replace(
-        next_token=jnp.asarray(rng.integers(3, config.vocab_size, batch), jnp.int32),
-        position=n, cache_len=jnp.array(n), active=jnp.ones((batch,), bool),
-        generated=jnp.ones((batch,), jnp.int32))
-
-  def step():
-    state = jax.block_until_ready(fill(box[0]))
+  def call() -> float:
+    n = jnp.full((b,), context_len, jnp.int32)
+    state = eng.init_decode_state().replace(
+        next_token=jnp.asarray(rng.integers(3, vocab, b), jnp.int32), position=n,
+        cache_len=jnp.array(n), active=jnp.ones((b,), bool), generated=jnp.ones((b,), jnp.int32))
+    jax.block_until_ready(state)
     t0 = time.perf_counter()
     state, tokens, _ = eng.generate_step(state)
     jax.block_until_ready((state, tokens))
-    box[0] = state
     return time.perf_counter() - t0
 
-  times = [step() for _ in range(warmup + repeats)][warmup:]
-  return statistics.median(times)
+  return call
+
+
+def time_decode(params, config: OPTConfig, max_batch: int, context_len: int, max_len: int,
+                dtype, repeats: int, warmup: int, seed: int = 0) -> list[float]:
+  """Seconds of one decode iteration at each running batch 1..max_batch (module docstring).
+
+  One engine per batch size (exactly b slots); only one decode state is alive at a time.
+  """
+  rng = np.random.default_rng(seed)
+  calls = [_decode_call(engine_lib.Engine(params, config, num_slots=b, max_len=max_len,
+                                          dtype=dtype), context_len, rng)
+           for b in range(1, max_batch + 1)]
+  return _interleaved(calls, repeats, warmup)
 
 
 def time_prefill(params, config: OPTConfig, lengths: list[int], dtype, repeats: int,
@@ -73,16 +86,17 @@ def time_prefill(params, config: OPTConfig, lengths: list[int], dtype, repeats: 
                           buckets=sorted(set(lengths)) + [max_len])
   rng = np.random.default_rng(seed)
   box = [eng.init_decode_state()]
-  out = []
-  for n in lengths:
-    prompt = rng.integers(3, config.vocab_size, n).astype(np.int32)
 
-    def admit():
+  def admit(prompt):
+    def call() -> float:
+      t0 = time.perf_counter()
       box[0] = eng.insert(eng.prefill(prompt), box[0], 0)
       jax.block_until_ready(box[0])
+      return time.perf_counter() - t0
+    return call
 
-    out.append(_timed(admit, repeats, warmup))
-  return out
+  prompts = [rng.integers(3, config.vocab_size, n).astype(np.int32) for n in lengths]
+  return _interleaved([admit(p) for p in prompts], repeats, warmup)
 
 
 def fit_prefill(lengths, seconds) -> tuple[float, float]:
