@@ -89,3 +89,18 @@ def make_hf_checkpoint(tmp_path, variant: str = "pre", std: float = 0.2,
     model.config.save_pretrained(directory)
     _save_bin(model, directory, shards)
   return directory, model
+
+
+def save_word_tokenizer(directory: str, vocab_size: int = VOCAB):
+  """Saves a whitespace word-level tokenizer ('<s>'=0, '<pad>'=1, '</s>'=2, '<unk>'=3,
+  'w4'..'w{vocab_size-1}') to `directory`, as a transformers fast tokenizer; returns it."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+  vocab.update({f"w{i}": i for i in range(4, vocab_size)})
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+  fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>",
+                                              pad_token="<pad>", eos_token="</s>",
+                                              unk_token="<unk>")
+  fast.save_pretrained(directory)
+  return fast
