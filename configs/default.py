@@ -22,7 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Serving model (bes/serving_config.py). Deadline of a request: deadline_s +
   # deadline_per_token_s * output tokens, i.e. 2 s to first token plus a 30 ms per-token SLO.
-  config.env = ml_collections.ConfigDict()
+  # Not type-safe: deadline_s may be one number or one per task ('2,2,3,3' or a tuple).
+  config.env = ml_collections.ConfigDict(type_safe=False)
   config.env.deadline_s = 2.0
   config.env.deadline_per_token_s = 0.03
   config.env.reward = "hard"          # 'hard' | 'soft'

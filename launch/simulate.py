@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from bes import metrics, policies  # noqa: E402
 from bes.env import config as env_config  # noqa: E402
 from bes.env import rollout as rollout_lib  # noqa: E402
-from bes.workloads import load_trace_csv  # noqa: E402
+from bes.workloads import workload_from_config  # noqa: E402
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs", "default.py")
@@ -40,7 +40,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config fil
 _PROFILE = flags.DEFINE_string("profile", None, "Profile JSON (default: config.profile).")
 _TRACE = flags.DEFINE_string(
     "trace", None, "Trace CSV (arrived_at,num_prefill_tokens,num_decode_tokens[,task]) to "
-    "replay whole, with its own lengths; sets config.workload.kind=trace.")
+    "replay whole, with its own lengths, at its own timing unless --trace_rate is set; sets "
+    "config.workload.kind=trace.")
+_TRACE_RATE = flags.DEFINE_float("trace_rate", 0.0, "With --trace: rescale time to this mean "
+                                 "rate in requests/s (0 = the trace's own timing).")
 _POLICY = flags.DEFINE_multi_string(
     "policy", None, "static:M | round_robin | random | task_map:M0,M1,... (M an index or a "
     "model name); repeat the flag for several. Default: config.simulate.policies.")
@@ -66,11 +69,12 @@ def apply_flags(config):
     config.workload.kind = "trace"
     config.workload.trace = _TRACE.value
     config.workload.lengths = "trace"
+    config.workload.rate = _TRACE_RATE.value
   for flag, key in ((_DEADLINE_S, "deadline_s"), (_DEADLINE_PER_TOKEN_S, "deadline_per_token_s"),
                     (_REWARD, "reward"), (_SOFT_WINDOW_S, "soft_window_s"),
                     (_MISS_PENALTY, "miss_penalty"), (_QUEUE_CAPACITY, "queue_capacity")):
     if flag.value is not None:
-      config.env[key] = flag.value
+      config.env[key] = flag.value   # deadline_s: a string, parsed by serving_config_from
   if _NUM_REQUESTS.value is not None:
     config.simulate.num_requests = _NUM_REQUESTS.value
   if _SEED.value is not None:
@@ -78,10 +82,10 @@ def apply_flags(config):
   return config
 
 
-def num_requests(config) -> int:
+def num_requests(config, workload) -> int:
   """A trace is replayed whole; generated workloads draw config.simulate.num_requests."""
   if config.workload.kind == "trace":
-    return len(load_trace_csv(config.workload.trace))
+    return int(workload.requests.gap_us.shape[0])
   n = int(config.simulate.num_requests)
   if n < 1:
     raise ValueError(f"--num_requests / config.simulate.num_requests must be >= 1, got {n}")
@@ -121,13 +125,22 @@ def format_table(rows: dict) -> str:
 
 def main(argv):
   del argv
-  config = apply_flags(_CONFIG.value)
+  try:
+    run(apply_flags(_CONFIG.value))
+  except ValueError as e:
+    sys.exit(f"simulate.py: error: {e}")
+
+
+def run(config):
   specs = _POLICY.value or [s for s in config.simulate.policies.split(";") if s]
-  n = num_requests(config)
-  env, params, profile = env_config.env_from_config(config, episode_len=n, record=True)
+  profile = env_config.profile_from_config(config)
   names = [m.name for m in profile.models]
   built = {spec: policies.parse_policy(spec, len(names), len(profile.tasks), names)
            for spec in specs}
+  workload = workload_from_config(config.workload, profile.tasks)
+  n = num_requests(config, workload)
+  env, params, _ = env_config.env_from_config(config, episode_len=n, record=True,
+                                              profile=profile, workload=workload)
   os.makedirs(_OUT.value, exist_ok=True)
   logging.info("profile %s (%d GPUs), workload %s, %d requests, policies %s", profile.name,
                profile.num_gpus, config.workload.kind, n, specs)

@@ -17,9 +17,10 @@ def profile_from_config(config: ml_collections.ConfigDict) -> Profile:
 def serving_config_from(env_cfg: ml_collections.ConfigDict, num_tasks: int) -> ServingConfig:
   """`config.env` -> a validated ServingConfig (errors name `config.env.<field>`)."""
   deadline = env_cfg.deadline_s
-  if isinstance(deadline, str):
-    deadline = tuple(float(x) for x in deadline.split(",")) if "," in deadline else float(deadline)
   try:
+    if isinstance(deadline, str):
+      parts = tuple(float(x) for x in deadline.split(","))
+      deadline = parts if len(parts) > 1 else parts[0]
     return ServingConfig(
         deadline_s=deadline, deadline_per_token_s=float(env_cfg.deadline_per_token_s),
         reward=str(env_cfg.reward), soft_window_s=float(env_cfg.soft_window_s),
@@ -30,12 +31,14 @@ def serving_config_from(env_cfg: ml_collections.ConfigDict, num_tasks: int) -> S
 
 
 def env_from_config(config: ml_collections.ConfigDict, episode_len: int | None = None,
-                    record: bool = False, profile: Profile | None = None,
+                    record: bool = False, profile: Profile | None = None, workload=None,
                     ) -> tuple[ServingEnv, EnvParams, Profile]:
-  """The environment a config describes (episode length from `config.env.episode_len`)."""
+  """The environment a config describes (episode length from `config.env.episode_len`);
+  `profile` and `workload`, when given, replace the ones the config describes."""
   profile = profile or profile_from_config(config)
   serving = serving_config_from(config.env, len(profile.tasks))
-  workload = workload_from_config(config.workload, profile.tasks)
+  if workload is None:
+    workload = workload_from_config(config.workload, profile.tasks)
   env, params = make_env(profile, serving, workload,
                          episode_len=episode_len or int(config.env.episode_len), record=record,
                          rate_ema_alpha=float(config.env.rate_ema_alpha))
