@@ -47,7 +47,7 @@ def torch_loglikelihood(hf_model, context, continuation):
   """Sum of continuation log-probs from the transformers model's logits (empty context -> [2])."""
   ids = (list(context) or [2]) + list(continuation)
   with torch.no_grad():
-    logits = hf_model(input_ids=torch.tensor([ids])).logits[0].double()
+    logits = hf_model(input_ids=torch.tensor([ids[:-1]])).logits[0].double()
   logp = torch.log_softmax(logits, dim=-1)
   start = len(ids) - len(continuation)
   lp = [logp[p - 1, ids[p]] for p in range(start, len(ids))]
@@ -60,9 +60,14 @@ def test_loglikelihoods_match_torch(ckpt):
   rng = np.random.default_rng(0)
   ids = lambda n: rng.integers(3, config.vocab_size, n).tolist()
   requests = [(ids(5), ids(1)), (ids(30), ids(4)), ([], ids(3)), (ids(1), ids(2)),
-              (ids(12), ids(7))]  # 5 requests, batch of 3: a padded partial batch, 2 buckets
+              (ids(12), ids(7))]  # batches of 3 (one padded with dummy rows), several buckets
+  # Longer than the 64 positions: truncated from the left to the last 65 tokens, as the harness.
+  long_context, long_cont = ids(70), ids(3)
+  requests.append((long_context, long_cont))
   got, greedy = scoring.loglikelihoods(params, config, requests, batch_size=3)
-  want = [torch_loglikelihood(hf_model, c, x) for c, x in requests]
+  want = [torch_loglikelihood(hf_model, c, x) for c, x in requests[:-1]]
+  want.append(torch_loglikelihood(hf_model, long_context[-(opt_testing.MAX_POSITIONS + 1 - 3):],
+                                  long_cont))
   np.testing.assert_allclose(got, [w for w, _ in want], atol=1e-4, rtol=0)
   assert greedy.tolist() == [g for _, g in want]
   # A greedy continuation is recognised as such.
