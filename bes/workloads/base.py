@@ -14,6 +14,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from bes import clock
@@ -98,6 +99,17 @@ def to_gap_us(gap_us) -> jnp.ndarray:
   """Rounds a float gap in microseconds to int32, saturating at ~2147 s (2**31 - 128 us)."""
   gap_us = jnp.rint(jnp.asarray(gap_us, jnp.float32))
   return jnp.clip(gap_us, 0.0, _MAX_GAP_US).astype(jnp.int32)
+
+
+def positive_float(value, where: str, strict: bool) -> float:
+  """`value` as a finite float > 0 (strict) or >= 0; ValueError naming `where` otherwise."""
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"{where}: expected a number, got {value!r}") from None
+  if not np.isfinite(number) or number < 0 or (strict and number == 0):
+    raise ValueError(f"{where}: expected a number {'>' if strict else '>='} 0, got {value!r}")
+  return number
 
 
 @functools.partial(jax.jit, static_argnums=2)

@@ -32,6 +32,7 @@ import numpy as np
 
 from bes.workloads import bursty as bursty_lib
 from bes.workloads import lengths as lengths_lib
+from bes.workloads.base import positive_float
 from bes.workloads.mix import mix_from_strings
 from bes.workloads.poisson import PoissonWorkload
 from bes.workloads.trace import TraceWorkload, load_trace_csv, trace_requests
@@ -57,16 +58,8 @@ def default_workload_config() -> ml_collections.ConfigDict:
   }, type_safe=False)
 
 
-def _number(cfg, name: str, where: str, minimum: float, strict: bool) -> float:
-  value = cfg[name]
-  try:
-    value = float(value)
-  except (TypeError, ValueError):
-    raise ValueError(f"{where}.{name}: expected a number, got {value!r}") from None
-  if not np.isfinite(value) or value < minimum or (strict and value == minimum):
-    op = ">" if strict else ">="
-    raise ValueError(f"{where}.{name}: expected a number {op} {minimum}, got {cfg[name]!r}")
-  return value
+def _number(cfg, name: str, where: str, strict: bool) -> float:
+  return positive_float(cfg[name], f"{where}.{name}", strict)
 
 
 def workload_from_config(cfg: ml_collections.ConfigDict, tasks: Sequence[str],
@@ -87,32 +80,30 @@ def workload_from_config(cfg: ml_collections.ConfigDict, tasks: Sequence[str],
     raise ValueError(f"{where}.lengths: expected one of {LENGTHS}, got {lengths_kind!r}")
   if lengths_kind == "trace" and kind != "trace":
     raise ValueError(f"{where}.lengths: 'trace' needs kind 'trace', got kind {kind!r}")
-  max_prompt = int(_number(cfg, "max_prompt_len", where, 1, strict=False))
-  max_output = int(_number(cfg, "max_output_len", where, 1, strict=False))
+  max_len = {}
+  for name in ("max_prompt_len", "max_output_len"):
+    value = cfg[name]
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.number))
+        or value != int(value) or value < 1):
+      raise ValueError(f"{where}.{name}: expected an integer >= 1 tokens, got {value!r}")
+    max_len[name] = int(value)
+  max_prompt, max_output = max_len["max_prompt_len"], max_len["max_output_len"]
   mix = mix_from_strings(cfg.get("task_mix", ""), cfg.get("shifts", ""), len(tasks), where)
   model = lengths_lib.LengthModel.azure_conv(len(tasks), max_prompt, max_output)
 
   if kind == "poisson":
-    return PoissonWorkload(rate_per_s=np.float32(_number(cfg, "rate", where, 0, True)), mix=mix,
-                           lengths=model)
+    return PoissonWorkload.create(_number(cfg, "rate", where, strict=True), mix, model, where)
   if kind == "bursty":
-    b = cfg.bursty
-    knobs = {"window_s": _number(b, "window_s", f"{where}.bursty", 0, True),
-             "rate_sigma": _number(b, "rate_sigma", f"{where}.bursty", 0, False),
-             "cv_median": _number(b, "cv_median", f"{where}.bursty", 0, True),
-             "cv_sigma": _number(b, "cv_sigma", f"{where}.bursty", 0, False)}
-    if knobs["window_s"] > 2000:
-      raise ValueError(f"{where}.bursty.window_s: expected at most 2000 s, got {b.window_s!r}")
-    return bursty_lib.BurstyWorkload(
-        rate_per_s=np.float32(_number(cfg, "rate", where, 0, True)), mix=mix, lengths=model,
-        **{k: np.float32(v) for k, v in knobs.items()})
+    knobs = {name: cfg.bursty[name] for name in cfg.bursty}
+    return bursty_lib.BurstyWorkload.create(
+        _number(cfg, "rate", where, strict=True), mix, model, f"{where}.bursty", **knobs)
 
   path = cfg.get("trace", "")
   if not path:
     raise ValueError(f"{where}.trace: kind 'trace' needs a CSV path")
   if not os.path.isfile(path):
     raise ValueError(f"{where}.trace: no such file {path!r}")
-  rate = _number(cfg, "rate", where, 0, False)
+  rate = _number(cfg, "rate", where, strict=False)
   trace = load_trace_csv(path, tasks).clip_lengths(max_prompt, max_output)
   # Tasks drawn here are placeholders when the trace has none: the workload redraws them.
   requests = trace_requests(trace, mix, jax.random.key(0), target_rate=rate or None)

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from bes import clock
 from bes.requests import Requests
-from bes.workloads.base import Elapsed, open_uniforms, to_gap_us
+from bes.workloads.base import Elapsed, open_uniforms, positive_float, to_gap_us
 from bes.workloads.lengths import LengthModel
 from bes.workloads.mix import TaskMix
 
@@ -27,6 +28,13 @@ class PoissonWorkload:
   rate_per_s: jnp.ndarray
   mix: TaskMix
   lengths: LengthModel
+
+  @classmethod
+  def create(cls, rate_per_s: float, mix: TaskMix, lengths: LengthModel,
+             where: str = "poisson workload") -> "PoissonWorkload":
+    """Validated workload (rate > 0 requests/s); errors name `where.rate_per_s`."""
+    rate = positive_float(rate_per_s, f"{where}.rate_per_s", strict=True)
+    return cls(rate_per_s=np.float32(rate), mix=mix, lengths=lengths)
 
   def init(self, key: jax.Array) -> Elapsed:
     del key
