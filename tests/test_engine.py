@@ -162,3 +162,14 @@ def test_bad_construction_is_refused(params):
   eng = engine_lib.Engine(params, CONFIG, num_slots=2, max_len=16)
   with pytest.raises(ValueError, match="slot"):
     eng.free(eng.init_decode_state(), 2)
+
+
+def test_bfloat16_engine_keeps_its_dtype(params):
+  eng = engine_lib.Engine(params, CONFIG, num_slots=2, max_len=24, dtype=jnp.bfloat16)
+  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(eng.params))
+  prefix = eng.prefill(prompt(9, 6))
+  state = eng.insert(prefix, eng.init_decode_state(), 1)
+  state, toks, lps = eng.generate_step(state)
+  assert state.cache.k.dtype == jnp.bfloat16 and lps.dtype == jnp.float32
+  assert toks[0] == -1 and 0 <= int(toks[1]) < CONFIG.vocab_size and float(lps[1]) <= 0.0
+  assert int(state.cache_len[1]) == 7
