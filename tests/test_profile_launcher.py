@@ -60,6 +60,9 @@ def test_bad_config_json_names_file_and_field(tmp_path):
   path.write_text(json.dumps({"tiny": dict(TINY, hiden_size=3)}))
   with pytest.raises(ValueError, match=r"c\.json.*'tiny'.*hiden_size"):
     launcher.load_custom_configs(str(path))
+  path.write_text(json.dumps({"tiny": dict(TINY, num_attention_heads=3)}))
+  with pytest.raises(ValueError, match=r"c\.json.*'tiny'.*divisible"):
+    launcher.load_custom_configs(str(path))
   path.write_text("[1, 2]")
   with pytest.raises(ValueError, match="expected an object"):
     launcher.load_custom_configs(str(path))

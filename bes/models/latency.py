@@ -146,7 +146,10 @@ def load_custom_configs(path: str | None) -> dict[str, OPTConfig]:
     if unknown:
       raise ValueError(f"--config_json {path!r}: field {name!r}: unknown OPTConfig field(s) "
                        f"{unknown}; known: {sorted(known)}")
-    out[name] = OPTConfig(**fields)
+    try:
+      out[name] = OPTConfig(**fields)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"--config_json {path!r}: field {name!r}: {e}") from e
   return out
 
 
