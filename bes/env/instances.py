@@ -4,15 +4,17 @@ All instances of a model form one *group*. Each instance holds its requests, run
 waiting alike, in a fixed table of E = max_batch + queue_capacity *entries* (arrays
 [I, E]); models are separate groups so that a small model's large batch does not pad the
 others. Requests get consecutive sequence numbers as they join an instance; the instance
-admits them FIFO by moving one counter, `admitted`: an entry with `seq < admitted` is
-running, one with `seq >= admitted` is waiting, and `joined - admitted` is the queue
-length. FIFO admission is then a comparison, with no gather or queue ring to maintain.
+admits them FIFO by moving one counter, `admitted`: an entry with `seq >= admitted` is
+waiting (`joined - admitted` is the queue length), one with `seq < admitted` is running
+until the instance's iteration counter reaches the entry's `finish`. FIFO admission and
+completion are then comparisons, with no gather, no queue ring and no per-token update.
 
 Times are int32 microseconds on a clock that is allowed to wrap around (two's complement,
 like TCP sequence numbers): two times, or two sequence numbers, are only compared through
 their difference (`a - b <= 0`), which is exact as long as they lie within 2^31 of each
 other (about 35 minutes). So an episode may last any number of hours, and nothing is ever
-rebased.
+rebased. The per-instance counters (iterations, joins) are compared the same way, which
+holds for 2^31 iterations or joins of one instance (months of simulated time).
 
 The central function, `advance_pass`, processes one iteration end per instance; runs of
 identical iterations are skipped in closed form (between two events of an instance, an
@@ -20,6 +22,7 @@ admission or a completion, its batch does not change, so `j` iterations take `j 
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import struct
 
@@ -27,11 +30,12 @@ from bes import clock
 
 INT32_MAX = jnp.iinfo(jnp.int32).max
 
-# Per-request fields of an entry. `seq`: order of joining the instance; `left`: tokens still
-# to produce (0 = free entry); `deadline`: absolute time by which it is on time; `quality`:
-# q[model, task], its utility when on time; `prompt`: prompt tokens. With outcome recording
-# also its `arrival` time and `req` (index in the episode).
-TRAIN_FIELDS = ("seq", "left", "deadline", "quality", "prompt")
+# Per-request fields of an entry. `seq`: order of joining the instance; `finish`: for a
+# running request, the value of the instance's iteration counter at which it completes
+# (for a waiting one, its output length until admission); `deadline`: absolute time by which
+# it is on time; `quality`: q[model, task], its utility when on time; `prompt`: prompt
+# tokens. With outcome recording also its `arrival` time and `req` (index in the episode).
+TRAIN_FIELDS = ("seq", "finish", "deadline", "quality", "prompt")
 RECORD_FIELDS = ("arrival", "req")
 
 
@@ -49,40 +53,46 @@ class GroupState:
   """Instances of one model.
 
   busy: bool [I]; iter_end: int32 [I], end of the iteration in progress (valid while busy);
-  joined, admitted: int32 [I] sequence counters; entries: dict field -> [I, E].
+  iters: int32 [I], iterations completed; joined, admitted, finished: int32 [I] request
+  counters (running + waiting = joined - finished, waiting = joined - admitted);
+  entries: dict field -> [I, E]. An entry is running iff `seq < admitted` and
+  `finish > iters`, waiting iff `seq >= admitted`, free otherwise (all compared through
+  differences, so the counters may wrap).
   """
   busy: jnp.ndarray
   iter_end: jnp.ndarray
+  iters: jnp.ndarray
   joined: jnp.ndarray
   admitted: jnp.ndarray
+  finished: jnp.ndarray
   entries: dict
+  queue_capacity: int = struct.field(pytree_node=False, default=1)
 
   @property
   def max_batch(self) -> int:
-    return self.entries["left"].shape[-1] - self.queue_capacity
-
-  queue_capacity: int = struct.field(pytree_node=False, default=1)
+    return self.entries["seq"].shape[-1] - self.queue_capacity
 
 
 def init_group(instances: int, max_batch: int, queue_capacity: int, record: bool) -> GroupState:
-  """All instances idle and empty."""
+  """All instances idle and empty (every entry free: seq -1 < admitted 0, finish 0 <= iters 0)."""
   fields = TRAIN_FIELDS + (RECORD_FIELDS if record else ())
   shape = (instances, max_batch + queue_capacity)
   zi = jnp.zeros((instances,), jnp.int32)
-  return GroupState(
-      busy=jnp.zeros((instances,), bool), iter_end=zi, joined=zi, admitted=zi,
-      entries={f: jnp.zeros(shape, jnp.float32 if f == "quality" else jnp.int32) for f in fields},
-      queue_capacity=queue_capacity)
+  entries = {f: jnp.zeros(shape, jnp.float32 if f == "quality" else jnp.int32) for f in fields}
+  entries["seq"] = jnp.full(shape, -1, jnp.int32)
+  return GroupState(busy=jnp.zeros((instances,), bool), iter_end=zi, iters=zi, joined=zi,
+                    admitted=zi, finished=zi, entries=entries, queue_capacity=queue_capacity)
 
 
 def load(gs: GroupState) -> jnp.ndarray:
   """Running + waiting requests per instance, int32 [I]."""
-  return (gs.entries["left"] > 0).sum(-1, dtype=jnp.int32)
+  return gs.joined - gs.finished
 
 
 def running_mask(gs: GroupState) -> jnp.ndarray:
   """bool [I, E]: entries holding a running request."""
-  return (gs.entries["left"] > 0) & (gs.entries["seq"] - gs.admitted[:, None] < 0)
+  e = gs.entries
+  return (e["seq"] - gs.admitted[:, None] < 0) & (e["finish"] - gs.iters[:, None] > 0)
 
 
 @struct.dataclass
@@ -124,31 +134,34 @@ def advance_pass(gs: GroupState, gp: GroupParams, until: jnp.ndarray, drain: jnp
   e = gs.entries
   live = due(gs, until, drain)                                      # [I]
   end = gs.iter_end
-  ticking = live[:, None] & running_mask(gs)                        # produce a token now
-  done = ticking & (e["left"] == 1)
-  left = e["left"] - ticking
+  iters = gs.iters + live                                           # the iteration ending now
+  admitted_before = e["seq"] - gs.admitted[:, None] < 0
+  left = e["finish"] - iters[:, None]                               # tokens still to produce
+  was_running = admitted_before & (left + live[:, None] > 0)
+  done = was_running & live[:, None] & (left == 0)
+  still = was_running & (left > 0)
   record = "req" in e
   completions = Completions(
       done=done, late_us=end[:, None] - e["deadline"], quality=e["quality"],
       latency_us=end[:, None] - e["arrival"] if record else None, req=e["req"] if record else None)
   # The next iteration starts now: FIFO admission while there is room.
-  still_running = ticking & ~done | (~live[:, None] & running_mask(gs))
-  room = gs.max_batch - still_running.sum(-1, dtype=jnp.int32)
-  waiting = gs.joined - gs.admitted
-  n_admit = jnp.where(live, jnp.minimum(waiting, room), 0)
+  room = gs.max_batch - still.sum(-1, dtype=jnp.int32)
+  n_admit = jnp.where(live, jnp.minimum(gs.joined - gs.admitted, room), 0)
   admitted = gs.admitted + n_admit
-  newly = (left > 0) & (e["seq"] - gs.admitted[:, None] >= 0) & (e["seq"] - admitted[:, None] < 0)
+  newly = ~admitted_before & (e["seq"] - admitted[:, None] < 0)
+  finish = jnp.where(newly, iters[:, None] + e["finish"], e["finish"])
   prompt_tokens = jnp.where(newly, e["prompt"], 0).sum(-1)
-  running = still_running | newly
+  running = still | newly
   batch = running.sum(-1, dtype=jnp.int32)
   tau = _iteration_us(gp, batch, n_admit > 0, prompt_tokens)
-  # Pure decode: skip j more identical iterations, j < tokens to the next completion.
-  next_done = jnp.min(jnp.where(running, left, INT32_MAX), axis=-1)
+  # Pure decode: skip j more identical iterations, j < iterations to the next completion.
+  next_done = jnp.min(jnp.where(running, finish - iters[:, None], INT32_MAX), axis=-1)
   slack = jnp.where(drain, INT32_MAX, until - end)
   skip = jnp.clip(slack // jnp.maximum(tau, 1), 0, next_done - 1)
-  skip = jnp.where((n_admit > 0) | ~live, 0, skip)
+  skip = jnp.where((n_admit > 0) | ~live | (batch == 0), 0, skip)
   gs = gs.replace(
-      entries=dict(e, left=left - jnp.where(running, skip[:, None], 0)), admitted=admitted,
+      entries=dict(e, finish=finish), admitted=admitted, iters=iters + skip,
+      finished=gs.finished + done.sum(-1, dtype=jnp.int32),
       iter_end=jnp.where(live, end + (skip + 1) * tau, gs.iter_end),
       busy=jnp.where(live, batch > 0, gs.busy))
   return gs, completions
@@ -157,18 +170,22 @@ def advance_pass(gs: GroupState, gp: GroupParams, until: jnp.ndarray, drain: jnp
 def join(gs: GroupState, gp: GroupParams, chosen, now, request: dict):
   """Routes one request arriving at `now` to this model if `chosen` (bool scalar).
 
-  `request` maps the entry fields except `seq` to scalars. The request joins the instance
-  with the fewest running + waiting requests (ties: lowest index). An idle instance starts
-  an iteration now that admits it; a busy one queues it; a full queue rejects it. Updates
-  are O(1) scatters. Returns (state, instance index int32, rejected bool).
+  `request` maps the entry fields except `seq` and `finish` to scalars, plus `output`
+  (tokens). The request joins the instance with the fewest running + waiting requests
+  (ties: lowest index). An idle instance starts an iteration now that admits it; a busy one
+  queues it; a full queue rejects it. Updates are O(1) scatters except finding a free entry
+  in the chosen instance. Returns (state, instance index int32, rejected bool).
   """
   i = jnp.argmin(load(gs)).astype(jnp.int32)
   busy = gs.busy[i]
   start = chosen & ~busy
   queued = chosen & busy & (gs.joined[i] - gs.admitted[i] < gs.queue_capacity)
   placed = start | queued
-  slot = jnp.argmin(gs.entries["left"][i] > 0)                      # a free entry
-  values = dict(request, seq=gs.joined[i])
+  row = jax.tree_util.tree_map(lambda x: x[i], gs.entries)
+  occupied = (row["seq"] - gs.admitted[i] >= 0) | (row["finish"] - gs.iters[i] > 0)
+  slot = jnp.argmin(occupied)                                       # a free entry
+  finish = jnp.where(start, gs.iters[i] + request["output"], request["output"])
+  values = dict(request, seq=gs.joined[i], finish=finish)
   set_if = lambda x, idx, cond, v: x.at[idx].set(jnp.where(cond, v, x[idx]))
   entries = {f: set_if(x, (i, slot), placed, values[f]) for f, x in gs.entries.items()}
   duration = _iteration_us(gp, 1, True, request["prompt"])

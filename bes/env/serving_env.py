@@ -175,7 +175,7 @@ class ServingEnv:
     go = state.ready
     req, idx, now = state.request, state.index, state.now
     budget = params.deadline_us[req.task] + params.deadline_per_token_us * req.output_len
-    fields = dict(left=req.output_len, deadline=now + budget, prompt=req.prompt_len,
+    fields = dict(output=req.output_len, deadline=now + budget, prompt=req.prompt_len,
                   arrival=now, req=idx)
     groups, instance, rejected = [], jnp.int32(0), jnp.bool_(False)
     for m, (gs, gp) in enumerate(zip(state.groups, params.groups)):
