@@ -121,7 +121,8 @@ HEADER = "arrived_at,num_prefill_tokens,num_decode_tokens"
     (HEADER + "\n0.0,5,0\n", ":2: column 'num_decode_tokens'", "expected an integer >= 1"),
     (HEADER + "\n0.0,5,1,1\n", ":2", "expected 3 fields, got 4"),
     (HEADER + ",task\n0.0,5,1,piqa\n0.5,5,1,mmlu\n", ":3: column 'task'", "unknown task 'mmlu'"),
-    (HEADER + ",task\n0.0,5,1,4\n", ":2: column 'task'", r"task index 4 out of range \(expected 0..3\)"),
+    (HEADER + ",task\n0.0,5,1,4\n", ":2: column 'task'",
+     r"task index 4 out of range \(expected 0..3\)"),
     (HEADER + ",task\n0.0,5,1,-1\n", ":2: column 'task'", "out of range"),
 ])
 def test_bad_traces_are_refused_naming_file_line_and_column(tmp_path, text, where, message):
@@ -145,23 +146,23 @@ def test_trace_config(tmp_path, conv):
   cfg.kind = "trace"
   cfg.trace = CONV
   cfg.rate = 0.0  # Keep the trace's own timing.
-  cfg.max_prompt_len = 100_000
-  cfg.max_output_len = 100_000
   w = W.workload_from_config(cfg, TASKS)
   assert isinstance(w, W.TraceWorkload) and w.draw_tasks and w.lengths is None
   assert np.asarray(w.requests.gap_us, np.int64).sum() == np.rint(conv.arrival_s[-1] * 1e6)
+  # The trace's own lengths, unclipped (max_prompt_len applies to generated lengths).
   np.testing.assert_array_equal(w.requests.prompt_len, conv.prompt_len)
-  # Default clips and a rescaled rate.
+  np.testing.assert_array_equal(w.requests.output_len, conv.output_len)
+  # A rescaled rate.
   cfg = W.default_workload_config()
   cfg.update(kind="trace", trace=CONV, rate=11.0, trace_random_start=True)
   w = W.workload_from_config(cfg, TASKS)
-  assert w.random_start and int(w.requests.prompt_len.max()) == 1536
-  assert int(w.requests.output_len.max()) == 512
+  assert w.random_start
   gaps = np.asarray(w.requests.gap_us, np.int64)
   assert len(conv) / ((gaps[1:].sum()) / 1e6) == pytest.approx(11.0, rel=1e-6)
   # Lengths redrawn from the fitted model.
   cfg.lengths = "azure_conv"
   w = W.workload_from_config(cfg, TASKS)
   assert w.lengths is not None
-  r = W.sample(w, jax.random.key(0), 50)
-  assert not np.array_equal(r.prompt_len, np.asarray(w.requests.prompt_len)[:50])
+  r = W.sample(w, jax.random.key(0), 200)
+  assert not np.array_equal(r.prompt_len, np.asarray(w.requests.prompt_len)[:200])
+  assert int(np.max(r.prompt_len)) <= 1536 and int(np.max(r.output_len)) <= 512

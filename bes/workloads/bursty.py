@@ -133,7 +133,8 @@ class BurstyWorkload:
     cv_sigma). Errors name `where.<knob>`."""
     unknown = set(knobs) - set(DEFAULT_BURSTY)
     if unknown:
-      raise ValueError(f"{where}: unknown knob(s) {sorted(unknown)}; expected {list(DEFAULT_BURSTY)}")
+      raise ValueError(f"{where}: unknown knob(s) {sorted(unknown)}; "
+                       f"expected {list(DEFAULT_BURSTY)}")
     knobs = {**DEFAULT_BURSTY, **knobs}
     values = {"rate_per_s": positive_float(rate_per_s, f"{where}.rate_per_s", strict=True)}
     for name in DEFAULT_BURSTY:

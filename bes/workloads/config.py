@@ -18,8 +18,9 @@ Keys (`default_workload_config`):
   lengths: 'auto' (default: 'trace' for kind 'trace', else 'azure_conv'), 'azure_conv'
     (lognormals fitted to the Azure conv trace, shared by all tasks, see
     `bes.workloads.lengths`) or 'trace' (the trace's own lengths; kind 'trace' only).
-  max_prompt_len, max_output_len: clip bounds in tokens for every workload, trace lengths
-    included (defaults 1536 and 512: prompt + output fit OPT's 2048 positions).
+  max_prompt_len, max_output_len: clip bounds in tokens of generated lengths (defaults 1536
+    and 512: prompt + output fit OPT's 2048 positions). A trace's own lengths
+    (lengths 'trace') are replayed unclipped.
 """
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ def workload_from_config(cfg: ml_collections.ConfigDict, tasks: Sequence[str],
   if not os.path.isfile(path):
     raise ValueError(f"{where}.trace: no such file {path!r}")
   rate = _number(cfg, "rate", where, strict=False)
-  trace = load_trace_csv(path, tasks).clip_lengths(max_prompt, max_output)
+  trace = load_trace_csv(path, tasks)
   # Tasks drawn here are placeholders when the trace has none: the workload redraws them.
   requests = trace_requests(trace, mix, jax.random.key(0), target_rate=rate or None)
   return TraceWorkload.create(requests, mix, draw_tasks=trace.task is None,

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from bes import clock
 from bes import requests as requests_lib
 from bes.requests import Requests
 from bes.workloads.base import Elapsed, open_uniforms
@@ -59,11 +60,6 @@ class TraceData:
   def mean_rate(self) -> float:
     """Requests per second: len / span."""
     return len(self) / self.span_s()
-
-  def clip_lengths(self, max_prompt_len: int, max_output_len: int) -> "TraceData":
-    """Clips prompt lengths to [0, max_prompt_len] and output lengths to [1, max_output_len]."""
-    return dataclasses.replace(self, prompt_len=np.minimum(self.prompt_len, max_prompt_len),
-                               output_len=np.minimum(self.output_len, max_output_len))
 
 
 def _parse_int(text: str, where: str, minimum: int) -> int:
@@ -126,33 +122,35 @@ def load_trace_csv(path: str, tasks: Sequence[str] | None = None) -> TraceData:
         continue
       if len(row) != len(header):
         raise ValueError(f"{path}:{line_no}: expected {len(header)} fields, got {len(row)}")
-      where = lambda c: f"{path}:{line_no}: column '{c}'"  # pylint: disable=cell-var-from-loop
+      where = f"{path}:{line_no}: column"
       text = row[col["arrived_at"]].strip()
       try:
         t = float(text)
       except ValueError:
-        raise ValueError(f"{where('arrived_at')}: expected a number of seconds, got {text!r}") from None
+        raise ValueError(f"{where} 'arrived_at': expected a number of seconds, "
+                         f"got {text!r}") from None
       if not np.isfinite(t) or t < 0:
-        raise ValueError(f"{where('arrived_at')}: expected a finite time >= 0 s, got {text!r}")
+        raise ValueError(f"{where} 'arrived_at': expected a finite time >= 0 s, got {text!r}")
       if arrival and t < arrival[-1]:
-        raise ValueError(f"{where('arrived_at')}: time {t} is before the previous line's "
+        raise ValueError(f"{where} 'arrived_at': time {t} is before the previous line's "
                          f"{arrival[-1]}; arrivals must be sorted")
       arrival.append(t)
-      prompt.append(_parse_int(row[col["num_prefill_tokens"]], where("num_prefill_tokens"), 0))
-      output.append(_parse_int(row[col["num_decode_tokens"]], where("num_decode_tokens"), 1))
+      prompt.append(_parse_int(row[col["num_prefill_tokens"]], f"{where} 'num_prefill_tokens'", 0))
+      output.append(_parse_int(row[col["num_decode_tokens"]], f"{where} 'num_decode_tokens'", 1))
       if task_col is not None:
-        task.append(_parse_task(row[task_col], where("task"), tasks))
+        task.append(_parse_task(row[task_col], f"{where} 'task'", tasks))
   if not arrival:
     raise ValueError(f"{path}: empty file; no requests after the header")
-  return TraceData(arrival_s=np.asarray(arrival, np.float64), prompt_len=np.asarray(prompt, np.int64),
-                   output_len=np.asarray(output, np.int64),
+  return TraceData(arrival_s=np.asarray(arrival, np.float64),
+                   prompt_len=np.asarray(prompt, np.int64), output_len=np.asarray(output, np.int64),
                    task=np.asarray(task, np.int64) if task_col is not None else None, path=path)
 
 
 def scale_to_rate(arrival_s, target_rate: float) -> np.ndarray:
   """Rescales arrival times (seconds, about t = 0) so that len / span equals `target_rate`.
 
-  span = arrival_s[-1] - arrival_s[0]. Returns float64 [L] = arrival_s * (len / span) / target_rate.
+  span = arrival_s[-1] - arrival_s[0].
+  Returns float64 [L]: arrival_s * (len / span) / target_rate.
   """
   a = np.asarray(arrival_s, np.float64)
   if a.ndim != 1 or a.size < 2:
@@ -175,28 +173,30 @@ def trace_requests(trace: TraceData, mix: TaskMix, key: jax.Array,
     key: randomness for those task draws.
     target_rate: if given (> 0), time is rescaled first (`scale_to_rate`).
   """
+  name = trace.path or "trace"
   arrival_s = trace.arrival_s if not target_rate else scale_to_rate(trace.arrival_s, target_rate)
-  requests = requests_lib.from_arrivals(arrival_s, np.zeros(len(trace)), trace.prompt_len,
-                                        trace.output_len)
+  try:
+    requests = requests_lib.from_arrivals(arrival_s, np.zeros(len(trace)), trace.prompt_len,
+                                          trace.output_len)
+  except ValueError as e:
+    raise ValueError(f"{name}: {e}") from None
   if trace.task is None:
-    task = _draw_tasks(mix, key, jnp.asarray(requests.gap_us))
+    arrival_us = np.cumsum(np.asarray(requests.gap_us, np.int64))
+    task = _draw_tasks(mix, key, jnp.asarray(arrival_us // clock.US_PER_S, jnp.int32),
+                       jnp.asarray(arrival_us % clock.US_PER_S, jnp.int32))
   else:
     task = trace.task
     if np.any(task >= mix.num_tasks):
-      raise ValueError(f"{trace.path or 'trace'}: column 'task': index {task.max()} >= the "
-                       f"number of tasks {mix.num_tasks}")
+      raise ValueError(f"{name}: column 'task': index {task.max()} >= the number of tasks "
+                       f"{mix.num_tasks}")
   return requests.replace(task=np.asarray(task, np.int32))
 
 
 @jax.jit
-def _draw_tasks(mix: TaskMix, key: jax.Array, gap_us: jnp.ndarray) -> jnp.ndarray:
-  """Tasks for arrivals with int32 gaps [L], drawn at each exact arrival time."""
-  def step(t, x):
-    k, gap = x
-    t = t.advance(gap)
-    return t, mix.draw(k, t)
-  _, tasks = jax.lax.scan(step, Elapsed.zero(), (jax.random.split(key, gap_us.shape[0]), gap_us))
-  return tasks
+def _draw_tasks(mix: TaskMix, key: jax.Array, s: jnp.ndarray, us: jnp.ndarray) -> jnp.ndarray:
+  """Tasks [L] for arrivals at exact times s + us * 1e-6 seconds (int32 [L] each)."""
+  keys = jax.random.split(key, s.shape[0])
+  return jax.vmap(lambda k, s, us: mix.draw(k, Elapsed(s=s, us=us)))(keys, s, us)
 
 
 @struct.dataclass
