@@ -117,21 +117,22 @@ def test_inactive_slots_do_not_change(engine):
   assert after.generated[1] == before.generated[1] + 1
 
 
-def test_full_slot_stops_and_buckets_bound_lengths(params):
-  eng = engine_lib.Engine(params, CONFIG, num_slots=1, max_len=20)
-  assert eng.buckets == (16, 20)
-  assert eng.bucket_for(1) == 16 and eng.bucket_for(17) == 20
-  state = eng.insert(eng.prefill(prompt(8, 17)), eng.init_decode_state(), 0)
+def test_full_slot_stops_and_buckets_bound_lengths(engine):
+  assert engine.buckets == (16, 32, MAX_LEN)
+  assert engine.bucket_for(1) == 16 and engine.bucket_for(17) == 32 and engine.bucket_for(33) == 40
+  state = engine.insert(engine.prefill(prompt(8, MAX_LEN - 3)), engine.init_decode_state(), 0)
   toks = []
   for _ in range(5):
-    state, t, _ = eng.generate_step(state)
+    state, t, _ = engine.generate_step(state)
     toks.append(int(t[0]))
-  assert toks[3:] == [-1, -1] and min(toks[:3]) >= 0  # entries 17, 18, 19 then full
-  assert int(state.cache_len[0]) == 20 and bool(state.active[0])
+  assert toks[3:] == [-1, -1] and min(toks[:3]) >= 0  # entries 37, 38, 39 then full
+  assert int(state.cache_len[0]) == MAX_LEN and bool(state.active[0])
 
 
-def test_sampling_with_temperature_is_keyed(params):
-  eng = engine_lib.Engine(params, CONFIG, num_slots=2, max_len=32, temperature=1.0)
+def test_sampling_with_temperature_is_keyed_in_bfloat16(params):
+  eng = engine_lib.Engine(params, CONFIG, num_slots=2, max_len=32, dtype=jnp.bfloat16,
+                          temperature=1.0)
+  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(eng.params))
   with pytest.raises(ValueError, match="PRNG key"):
     eng.prefill([5, 6, 7])
   def run(seed):
@@ -140,11 +141,14 @@ def test_sampling_with_temperature_is_keyed(params):
       state = eng.insert(eng.prefill([5, 6, 7], jax.random.key(seed + s)), state, s)
     out = []
     for i in range(6):
-      state, t, _ = eng.generate_step(state, jax.random.fold_in(jax.random.key(seed), i))
+      state, t, lp = eng.generate_step(state, jax.random.fold_in(jax.random.key(seed), i))
       out.append(np.asarray(t))
+    assert state.cache.k.dtype == jnp.bfloat16 and lp.dtype == jnp.float32
+    assert (np.asarray(lp) <= 0).all() and int(state.cache_len[0]) == 3 + 6
     return np.stack(out)
   np.testing.assert_array_equal(run(1), run(1))
   assert not np.array_equal(run(1), run(2))
+  assert run(1).min() >= 0 and run(1).max() < CONFIG.vocab_size
 
 
 @pytest.mark.parametrize("bad,match", [([], "prompt length"), (list(range(3, 3 + MAX_LEN)),
@@ -163,13 +167,3 @@ def test_bad_construction_is_refused(params):
   with pytest.raises(ValueError, match="slot"):
     eng.free(eng.init_decode_state(), 2)
 
-
-def test_bfloat16_engine_keeps_its_dtype(params):
-  eng = engine_lib.Engine(params, CONFIG, num_slots=2, max_len=24, dtype=jnp.bfloat16)
-  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(eng.params))
-  prefix = eng.prefill(prompt(9, 6))
-  state = eng.insert(prefix, eng.init_decode_state(), 1)
-  state, toks, lps = eng.generate_step(state)
-  assert state.cache.k.dtype == jnp.bfloat16 and lps.dtype == jnp.float32
-  assert toks[0] == -1 and 0 <= int(toks[1]) < CONFIG.vocab_size and float(lps[1]) <= 0.0
-  assert int(state.cache_len[1]) == 7
