@@ -10,6 +10,11 @@ simulator models an instance (design page "Execution"):
   state, tokens, logprobs = engine.generate_step(state, key)  # one token per active slot
   state = engine.free(state, slot=3)             # the request left; slot 3 is free again
 
+One simulator iteration maps onto the engine as: `prefill` each admitted request (its first
+token), `generate_step` once (one more token for every request that was already running),
+then `insert` the admitted prefixes, so that every request gains exactly one token per
+iteration as the design page says; `free` the slots of requests that completed.
+
 Every function is a jitted pure function of a typed `DecodeState` (a `flax.struct.dataclass`
 pytree); `insert`, `generate_step` and `free` donate the state's buffers, so the caller must
 use the returned state and never the one passed in.
