@@ -88,6 +88,19 @@ def test_task_column_names_and_indices_are_kept(tmp_path):
                                            1_250_000])
 
 
+def test_single_request_replay_repeats_it():
+  one = W.TraceWorkload.create(
+      W.trace_requests(W.TraceData(np.array([2.5]), np.array([7]), np.array([3])),
+                       W.TaskMix.uniform(4), jax.random.key(0)), W.TaskMix.uniform(4),
+      draw_tasks=True)
+  r = W.sample(one, jax.random.key(0), 3)
+  np.testing.assert_array_equal(r.gap_us, [2_500_000] * 3)
+  np.testing.assert_array_equal(r.output_len, [3] * 3)
+  with pytest.raises(ValueError, match=">= 1 request"):
+    W.TraceWorkload.create(jax.tree.map(lambda x: x[:0], W.sample(one, jax.random.key(0), 3)),
+                           W.TaskMix.uniform(4), draw_tasks=True)
+
+
 def test_scale_to_rate(conv):
   scaled = W.scale_to_rate(conv.arrival_s, 11.0)
   assert len(scaled) / (scaled[-1] - scaled[0]) == pytest.approx(11.0, rel=1e-12)

@@ -48,7 +48,7 @@ class Elapsed:
     return Elapsed(s=self.s + gap_us // _US + carry, us=us - carry * _US)
 
   def seconds(self) -> jnp.ndarray:
-    """Elapsed time in float32 seconds (approximate: for choosing windows)."""
+    """Elapsed time in float32 seconds (approximate: ~0.25 ms resolution after an hour)."""
     return self.s.astype(jnp.float32) + self.us.astype(jnp.float32) * 1e-6
 
   def at_or_after(self, t_s) -> jnp.ndarray:

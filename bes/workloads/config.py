@@ -2,8 +2,8 @@
 
 Keys (`default_workload_config`):
   kind: 'poisson' | 'bursty' | 'trace'.
-  rate: mean requests per second (> 0). For 'trace': the mean rate (len / span) after
-    rescaling time; 0 keeps the trace's own timing.
+  rate: mean requests per second (> 0; default 5.0). For 'trace': the mean rate
+    (len / span) after rescaling time; set 0 to keep the trace's own timing.
   task_mix: weights in the profile's task order, a comma string ('0.7,0.1,0.1,0.1') or a
     list; '' = uniform. Normalised.
   shifts: piecewise mixes over time, 'T1:w,...;T2:w,...' (seconds since the workload start,

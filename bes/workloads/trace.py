@@ -237,11 +237,12 @@ class TraceWorkload:
   @classmethod
   def create(cls, requests: Requests, mix: TaskMix, *, draw_tasks: bool,
              random_start: bool = False, lengths: LengthModel | None = None) -> "TraceWorkload":
-    """Host-side constructor; the wrap gap is the mean gap of requests 1..L-1 (rounded)."""
+    """Host-side constructor; the wrap gap is the mean gap of requests 1..L-1 (rounded), or
+    request 0's own gap when L = 1."""
     gaps = np.asarray(requests.gap_us, np.int64)
-    if gaps.ndim != 1 or gaps.size < 2:
-      raise ValueError(f"TraceWorkload: need >= 2 requests, got gaps of shape {gaps.shape}")
-    wrap = int(np.rint(gaps[1:].mean()))
+    if gaps.ndim != 1 or gaps.size < 1:
+      raise ValueError(f"TraceWorkload: need >= 1 request, got gaps of shape {gaps.shape}")
+    wrap = int(np.rint(gaps[1:].mean())) if gaps.size > 1 else int(gaps[0])
     return cls(requests=Requests(*(jnp.asarray(x, jnp.int32) for x in (
         requests.gap_us, requests.task, requests.prompt_len, requests.output_len))),
                mix=mix, wrap_gap_us=jnp.asarray(wrap, jnp.int32), lengths=lengths,
