@@ -39,8 +39,8 @@ def test_config_and_layout(reference):
   sd = model.state_dict()
   q = sd["model.decoder.layers.1.self_attn.q_proj.weight"].numpy()
   v = sd["model.decoder.layers.1.self_attn.v_proj.weight"].numpy()
-  np.testing.assert_array_equal(params["layers"]["qkv"]["kernel"][1][:, :32], q.T)
-  np.testing.assert_array_equal(params["layers"]["qkv"]["kernel"][1][:, 64:], v.T)
+  np.testing.assert_array_equal(params["layers"][1]["qkv"]["kernel"][:, :32], q.T)
+  np.testing.assert_array_equal(params["layers"][1]["qkv"]["kernel"][:, 64:], v.T)
 
 
 @pytest.mark.parametrize("safetensors,shards", [(True, 3), (False, 1), (False, 2)],

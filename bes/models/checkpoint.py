@@ -162,18 +162,17 @@ def convert_tensors(tensors: dict[str, np.ndarray], config: OPTConfig, dtype=jnp
       raise ValueError(f"{source}: lm_head.weight differs from model.decoder.embed_tokens."
                        "weight; only the tied output embedding of OPT is supported")
 
-  n = config.num_hidden_layers
-  layer = lambda i, k: found[f"layers.{i}.{k}"]
-  layers = {}
-  for (group, leaf), (name, transpose) in _LAYER_LEAVES.items():
-    layers.setdefault(group, {})[leaf] = np.stack(
-        [layer(i, name).T if transpose else layer(i, name) for i in range(n)])
-  layers["qkv"] = {
-      "kernel": np.stack([np.concatenate([layer(i, f"self_attn.{p}_proj.weight").T
-                                          for p in "qkv"], axis=-1) for i in range(n)]),
-      "bias": np.stack([np.concatenate([layer(i, f"self_attn.{p}_proj.bias")
-                                        for p in "qkv"]) for i in range(n)]),
-  }
+  layers = []
+  for i in range(config.num_hidden_layers):
+    get = lambda k, i=i: found[f"layers.{i}.{k}"]
+    p = {}
+    for (group, leaf), (name, transpose) in _LAYER_LEAVES.items():
+      p.setdefault(group, {})[leaf] = get(name).T if transpose else get(name)
+    p["qkv"] = {
+        "kernel": np.concatenate([get(f"self_attn.{x}_proj.weight").T for x in "qkv"], axis=-1),
+        "bias": np.concatenate([get(f"self_attn.{x}_proj.bias") for x in "qkv"]),
+    }
+    layers.append(p)
   params = {"embed_tokens": found["embed_tokens.weight"],
             "embed_positions": found["embed_positions.weight"], "layers": layers}
   if config.projects_embeddings:
@@ -185,6 +184,7 @@ def convert_tensors(tensors: dict[str, np.ndarray], config: OPTConfig, dtype=jnp
   params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
   want = opt.param_shapes(config)
   got = jax.tree.map(lambda x: tuple(x.shape), params)
+  want["layers"] = list(want["layers"])
   assert got == want, (got, want)  # internal consistency of the two layouts
   return params
 

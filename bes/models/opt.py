@@ -1,9 +1,15 @@
 """OPT (Zhang et al., 2022) decoder in Flax: pure functions over a nested-dict params pytree.
 
 Implementation choice: no `nn.Module` classes. Parameters are a plain nested dict of arrays
-(the pytree a Flax module's `params` collection would be), layer weights stacked along a
-leading `[layers]` axis so the decoder is one `lax.scan`, and `forward` is a pure, jittable
-function of `(params, tokens, positions, cache, cache_index, kv_mask)` with the config static.
+(the pytree a Flax module's `params` collection would be) with one dict per decoder layer in
+`params["layers"]` (a list), and `forward` is a pure, jittable function of
+`(params, tokens, positions, cache, cache_index, kv_mask)` with the config static.
+
+Decode speed on CPU (see launch/benchmark_decode.py): the layer loop is unrolled over
+per-layer weight arrays rather than a `lax.scan` over stacked ones, because XLA:CPU copies
+each dynamically sliced layer (weights and cache) out of the stacked arrays on every step.
+New keys/values are scattered into the [layers, ...] cache in place, and single-token
+attention reads the cache in its own layout (no transposed copy).
 
 Numerics follow transformers' PyTorch `OPTForCausalLM`:
   * learned positions with OPT's offset of 2 (`embed_positions[position + 2]`), positions from
@@ -57,21 +63,24 @@ def init_cache(config: OPTConfig, batch: int, max_len: int, dtype=jnp.float32) -
 
 
 def param_shapes(config: OPTConfig) -> dict:
-  """Nested dict of the shape of every parameter (same structure as `init_params`)."""
+  """Nested dict of the shape of every parameter (same structure as `init_params`).
+
+  `layers` is a list of num_hidden_layers per-layer dicts; kernels are [in, out].
+  """
   h, f, v, e, n = (config.hidden_size, config.ffn_dim, config.vocab_size,
                    config.word_embed_proj_dim, config.num_hidden_layers)
-  layers = {
-      "attn_ln": {"scale": (n, h), "bias": (n, h)},
-      "qkv": {"kernel": (n, h, 3 * h), "bias": (n, 3 * h)},
-      "out": {"kernel": (n, h, h), "bias": (n, h)},
-      "mlp_ln": {"scale": (n, h), "bias": (n, h)},
-      "fc1": {"kernel": (n, h, f), "bias": (n, f)},
-      "fc2": {"kernel": (n, f, h), "bias": (n, h)},
+  layer = {
+      "attn_ln": {"scale": (h,), "bias": (h,)},
+      "qkv": {"kernel": (h, 3 * h), "bias": (3 * h,)},
+      "out": {"kernel": (h, h), "bias": (h,)},
+      "mlp_ln": {"scale": (h,), "bias": (h,)},
+      "fc1": {"kernel": (h, f), "bias": (f,)},
+      "fc2": {"kernel": (f, h), "bias": (h,)},
   }
   shapes = {
       "embed_tokens": (v, e),
       "embed_positions": (config.max_position_embeddings + POSITION_OFFSET, h),
-      "layers": layers,
+      "layers": [layer] * n,
   }
   if config.projects_embeddings:
     shapes["project_in"] = (e, h)
@@ -122,10 +131,16 @@ def _dense(x, p):
   return jnp.einsum("...i,io->...o", x, p["kernel"]) + p["bias"]
 
 
-def _write_cache(cache_l, new, cache_index):
-  """Writes new [B, T, N, D] into cache_l [B, S, N, D] at slots cache_index[b] + t."""
-  return jax.vmap(lambda c, x, i: jax.lax.dynamic_update_slice_in_dim(c, x, i, axis=0))(
-      cache_l, new.astype(cache_l.dtype), cache_index)
+def _write_cache(cache, layer: int, new, cache_index):
+  """Writes new [B, T, N, D] into cache [L, B, S, N, D] at [layer, b, cache_index[b] + t].
+
+  One scatter into the whole cache (in place when the buffer is donated or loop-carried);
+  out-of-range slots are dropped.
+  """
+  b, t = new.shape[:2]
+  rows = jnp.arange(b, dtype=jnp.int32)[:, None]
+  slots = cache_index[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+  return cache.at[layer, rows, slots].set(new.astype(cache.dtype), mode="drop")
 
 
 def _attention(q, k, v, allowed):
@@ -138,14 +153,21 @@ def _attention(q, k, v, allowed):
   Returns:
     [B, T, N, D] in q's dtype; the softmax is computed in float32.
   """
+  if q.shape[1] == 1:
+    # Decode: contract straight over the [B, S, N, D] cache layout; the batched-dot form below
+    # makes XLA:CPU transpose the whole cache layer to [B, N, S, D] first.
+    scores = jnp.einsum("bnd,bsnd->bsn", q[:, 0], k, preferred_element_type=jnp.float32)
+    scores = jnp.where(allowed[:, 0, :, None], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=1).astype(v.dtype)
+    return jnp.einsum("bsn,bsnd->bnd", probs, v)[:, None]
   scores = jnp.einsum("btnd,bsnd->bnts", q, k, preferred_element_type=jnp.float32)
   scores = jnp.where(allowed[:, None], scores, _MASK_VALUE)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   return jnp.einsum("bnts,bsnd->btnd", probs, v)
 
 
-def _decoder_layer(config: OPTConfig, x, p, k_cache, v_cache, cache_index, allowed):
-  """One OPT decoder layer on x [B, T, H]; returns (x, k_cache, v_cache) updated."""
+def _decoder_layer(config: OPTConfig, layer: int, x, p, cache: KVCache, cache_index, allowed):
+  """Decoder layer `layer` on x [B, T, H]; returns (x, cache with its new keys/values)."""
   b, t, h = x.shape
   n, d = config.num_attention_heads, config.head_dim
   pre_ln = config.do_layer_norm_before
@@ -154,9 +176,9 @@ def _decoder_layer(config: OPTConfig, x, p, k_cache, v_cache, cache_index, allow
   y = _layer_norm(x, p["attn_ln"]) if pre_ln else x
   qkv = _dense(y, p["qkv"]).reshape(b, t, 3, n, d)
   q = qkv[:, :, 0] * jnp.asarray(d**-0.5, x.dtype)
-  k_cache = _write_cache(k_cache, qkv[:, :, 1], cache_index)
-  v_cache = _write_cache(v_cache, qkv[:, :, 2], cache_index)
-  attn = _attention(q, k_cache, v_cache, allowed).reshape(b, t, h)
+  cache = KVCache(k=_write_cache(cache.k, layer, qkv[:, :, 1], cache_index),
+                  v=_write_cache(cache.v, layer, qkv[:, :, 2], cache_index))
+  attn = _attention(q, cache.k[layer], cache.v[layer], allowed).reshape(b, t, h)
   x = residual + _dense(attn, p["out"])
   if not pre_ln:
     x = _layer_norm(x, p["attn_ln"])
@@ -167,7 +189,7 @@ def _decoder_layer(config: OPTConfig, x, p, k_cache, v_cache, cache_index, allow
   x = residual + y
   if not pre_ln:
     x = _layer_norm(x, p["mlp_ln"])
-  return x, k_cache, v_cache
+  return x, cache
 
 
 def forward(params: Params, config: OPTConfig, tokens, positions, cache: KVCache,
@@ -200,12 +222,8 @@ def forward(params: Params, config: OPTConfig, tokens, positions, cache: KVCache
   allowed = kv_mask[:, None, :] & (slots[None, None, :] <= query_pos[:, :, None])  # [B, T, S]
   cache_index = cache_index.astype(jnp.int32)
 
-  def body(x, layer):
-    p, k_l, v_l = layer
-    x, k_l, v_l = _decoder_layer(config, x, p, k_l, v_l, cache_index, allowed)
-    return x, (k_l, v_l)
-
-  x, (k, v) = jax.lax.scan(body, x, (params["layers"], cache.k, cache.v))
+  for i, p in enumerate(params["layers"]):
+    x, cache = _decoder_layer(config, i, x, p, cache, cache_index, allowed)
 
   if config.do_layer_norm_before:
     x = _layer_norm(x, params["final_ln"])
@@ -213,7 +231,7 @@ def forward(params: Params, config: OPTConfig, tokens, positions, cache: KVCache
     x = x @ params["project_out"]
   logits = jnp.einsum("bte,ve->btv", x, params["embed_tokens"],
                       preferred_element_type=jnp.float32)
-  return logits, KVCache(k=k, v=v)
+  return logits, cache
 
 
 def forward_full(params: Params, config: OPTConfig, tokens, attention_mask):
