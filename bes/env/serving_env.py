@@ -12,7 +12,8 @@ A step (request i arrives at a_i):
 The reward is the sum of the utilities of the requests whose outcome became final in this
 step: completions in (a_i, a_{i+1}] and request i's own rejection. An episode's rewards sum
 to its requests' utilities. When an episode ends the instances are already drained, so the
-automatic reset only resets counters and draws the first request of the next episode.
+automatic reset only restarts the request counter: the next episode continues the same
+request stream (a long workload cut into episodes; `reset` starts a fresh stream).
 
 Static configuration (shapes) lives in `ServingEnv`; everything numeric lives in
 `EnvParams`, a pytree that can be vmapped over (deadlines, rates, reward mode, ...).
@@ -157,8 +158,7 @@ class ServingEnv:
     and only then are `obs`, `reward` and `done` those of the decision's transition
     (otherwise reward and done are 0/False). `max_passes=None` runs to completion (`step`).
     """
-    k_route, k_reset = jax.random.split(key)
-    state, rejected, instance = self._route(k_route, state, jnp.asarray(action, jnp.int32), params)
+    state, rejected, instance = self._route(key, state, jnp.asarray(action, jnp.int32), params)
     state = self._advance(state, params, max_passes)
     decided = ~self._pending(state)
     done = decided & (state.index == self.episode_len - 1)
@@ -166,7 +166,7 @@ class ServingEnv:
     info = dict(rejected=rejected, instance=instance,
                 completed=jnp.where(decided, state.completed, 0),
                 on_time=jnp.where(decided, state.on_time, 0))
-    state = self._next_decision(k_reset, state, decided, done, params)
+    state = self._next_decision(state, decided, done, params)
     return self.observe(state, params), state, reward, done, decided, info
 
   # ----------------------------------------------------------------------------- the three phases
@@ -244,22 +244,17 @@ class ServingEnv:
       groups.append(gs)
     return state.replace(groups=tuple(groups))
 
-  def _next_decision(self, key, state: EnvState, decided, done, params: EnvParams) -> EnvState:
-    """When the next arrival is reached: it becomes the current request; after an episode's
-    last request, the next episode starts (the drained instances are already empty)."""
+  def _next_decision(self, state: EnvState, decided, done, params: EnvParams) -> EnvState:
+    """When the next arrival is reached it becomes the current request. After an episode's
+    last request the next episode begins with it: the drained instances are already empty,
+    and the request stream (and the arrival-rate estimate) simply continues."""
     ema = _update_gap_ema(state.ema_gap_s, state.next_request.gap_us, params.rate_ema_alpha)
-    k_init, k_first = jax.random.split(key)
-    first_wstate = params.workload.init(k_init)
-    first_req, first_wstate = params.workload.next(k_first, first_wstate)
-    pick = lambda c, a, b: jax.tree_util.tree_map(lambda x, y: jnp.where(c, x, y), a, b)
-    request = pick(done, first_req, state.next_request)
+    pick = lambda a, b: jax.tree_util.tree_map(lambda x, y: jnp.where(decided, x, y), a, b)
     return state.replace(
-        ready=decided,
-        request=pick(decided, request, state.request),
+        ready=decided, request=pick(state.next_request, state.request),
         index=jnp.where(done, 0, jnp.where(decided, state.index + 1, state.index)),
         now=jnp.where(decided, state.until, state.now),
-        ema_gap_s=jnp.where(done, NO_GAP_YET, jnp.where(decided, ema, state.ema_gap_s)),
-        workload=pick(done, first_wstate, state.workload))
+        ema_gap_s=jnp.where(decided, ema, state.ema_gap_s))
 
   # ----------------------------------------------------------------------------- observation
   def observe(self, state: EnvState, params: EnvParams) -> jnp.ndarray:
@@ -267,7 +262,7 @@ class ServingEnv:
 
     Load of model m = running + waiting over its instances / (instances * max_batch); it
     exceeds 1 when requests wait. The rate is 1 / (exponential moving average of the
-    inter-arrival gaps seen in this episode), 0 for the first request of an episode.
+    inter-arrival gaps seen so far), 0 for the first request after `reset`.
     The request's output length is never observed.
     """
     del params
