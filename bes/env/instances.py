@@ -126,8 +126,8 @@ def advance_pass(gs: GroupState, gp: GroupParams, until: jnp.ndarray, drain: jnp
   """One pass: every instance whose iteration ends by `until` processes that end.
 
   The end completes the running requests with no tokens left; the next iteration starts at
-  the same instant, admitting waiting requests FIFO while there is room. When it admits
-  nothing, the run of identical iterations up to the next completion is skipped in closed
+  the same instant, admitting waiting requests FIFO while there is room. The iterations
+  that follow it with the same batch, up to the next completion, are skipped in closed
   form, stopping at the last end <= `until` (no stop when `drain`). Returns (state,
   Completions).
   """
@@ -153,28 +153,34 @@ def advance_pass(gs: GroupState, gp: GroupParams, until: jnp.ndarray, drain: jnp
   prompt_tokens = jnp.where(newly, e["prompt"], 0).sum(-1)
   running = still | newly
   batch = running.sum(-1, dtype=jnp.int32)
-  tau = _iteration_us(gp, batch, n_admit > 0, prompt_tokens)
-  # Pure decode: skip j more identical iterations, j < iterations to the next completion.
+  # The new iteration lasts decode + prefill (prefill only if it admitted anything); the
+  # ones after it, up to the next completion, last decode each: skip j of them in closed
+  # form, j < iterations to the next completion, stopping at the last end <= `until`.
+  decode = gp.decode_us[batch]
+  prefill = jnp.where(n_admit > 0, clock.prefill_us(prompt_tokens, gp.prefill_fixed_us,
+                                                    gp.prefill_per_token_ns), 0)
   next_done = jnp.min(jnp.where(running, finish - iters[:, None], INT32_MAX), axis=-1)
-  slack = jnp.where(drain, INT32_MAX, until - end)
-  skip = jnp.clip(slack // jnp.maximum(tau, 1), 0, next_done - 1)
-  skip = jnp.where((n_admit > 0) | ~live | (batch == 0), 0, skip)
+  slack = jnp.where(drain, INT32_MAX, until - end - prefill)
+  skip = jnp.clip(slack // jnp.maximum(decode, 1), 0, next_done - 1)
+  skip = jnp.where(~live | (batch == 0), 0, skip)
   gs = gs.replace(
       entries=dict(e, finish=finish), admitted=admitted, iters=iters + skip,
       finished=gs.finished + done.sum(-1, dtype=jnp.int32),
-      iter_end=jnp.where(live, end + (skip + 1) * tau, gs.iter_end),
+      iter_end=jnp.where(live, end + prefill + (skip + 1) * decode, gs.iter_end),
       busy=jnp.where(live, batch > 0, gs.busy))
   return gs, completions
 
 
-def join(gs: GroupState, gp: GroupParams, chosen, now, request: dict):
+def join(gs: GroupState, gp: GroupParams, chosen, now, request: dict, until, drain):
   """Routes one request arriving at `now` to this model if `chosen` (bool scalar).
 
   `request` maps the entry fields except `seq` and `finish` to scalars, plus `output`
   (tokens). The request joins the instance with the fewest running + waiting requests
-  (ties: lowest index). An idle instance starts an iteration now that admits it; a busy one
-  queues it; a full queue rejects it. Updates are O(1) scatters except finding a free entry
-  in the chosen instance. Returns (state, instance index int32, rejected bool).
+  (ties: lowest index). An idle instance starts an iteration now that admits it (and, alone
+  in its batch, skips in closed form the iterations that end by `until`, the next arrival,
+  as `advance_pass` does); a busy one queues it; a full queue rejects it. Updates are O(1)
+  scatters except finding a free entry in the chosen instance. Returns (state, instance
+  index int32, rejected bool).
   """
   i = jnp.argmin(load(gs)).astype(jnp.int32)
   busy = gs.busy[i]
@@ -188,10 +194,14 @@ def join(gs: GroupState, gp: GroupParams, chosen, now, request: dict):
   values = dict(request, seq=gs.joined[i], finish=finish)
   set_if = lambda x, idx, cond, v: x.at[idx].set(jnp.where(cond, v, x[idx]))
   entries = {f: set_if(x, (i, slot), placed, values[f]) for f, x in gs.entries.items()}
-  duration = _iteration_us(gp, 1, True, request["prompt"])
+  decode = gp.decode_us[1]
+  prefill = clock.prefill_us(request["prompt"], gp.prefill_fixed_us, gp.prefill_per_token_ns)
+  slack = jnp.where(drain, INT32_MAX, until - now - prefill)
+  skip = jnp.where(start, jnp.clip(slack // decode, 0, request["output"] - 1), 0)
   gs = gs.replace(
       entries=entries, busy=gs.busy.at[i].set(busy | start),
-      iter_end=set_if(gs.iter_end, i, start, now + duration),
+      iter_end=set_if(gs.iter_end, i, start, now + prefill + (skip + 1) * decode),
+      iters=gs.iters.at[i].add(skip),
       joined=gs.joined.at[i].add(placed.astype(jnp.int32)),
       admitted=gs.admitted.at[i].add(start.astype(jnp.int32)))
   return gs, i, chosen & busy & ~queued

@@ -177,11 +177,14 @@ class ServingEnv:
     budget = params.deadline_us[req.task] + params.deadline_per_token_us * req.output_len
     fields = dict(output=req.output_len, deadline=now + budget, prompt=req.prompt_len,
                   arrival=now, req=idx)
+    next_req, wstate = params.workload.next(key, state.workload)
+    until = jnp.where(go, now + next_req.gap_us, state.until)      # wraps: see instances.py
+    drain = idx == self.episode_len - 1
     groups, instance, rejected = [], jnp.int32(0), jnp.bool_(False)
     for m, (gs, gp) in enumerate(zip(state.groups, params.groups)):
       chosen = go & (action == m)
       fields["quality"] = params.quality[m, req.task]
-      gs, i_m, rej_m = inst.join(gs, gp, chosen, now, fields)
+      gs, i_m, rej_m = inst.join(gs, gp, chosen, now, fields, until, drain)
       groups.append(gs)
       instance = jnp.where(chosen, i_m, instance)
       rejected = rejected | rej_m
@@ -196,12 +199,11 @@ class ServingEnv:
           rejected=put(o.rejected, rejected), utility=put(o.utility, penalty),
           latency_us=put(o.latency_us, -1), on_time=put(o.on_time, False),
           gap_us=put(o.gap_us, req.gap_us), task=put(o.task, req.task))
-    next_req, wstate = params.workload.next(key, state.workload)
     pick = lambda new, old: jax.tree_util.tree_map(lambda x, y: jnp.where(go, x, y), new, old)
     state = state.replace(
         groups=tuple(groups), outcomes=outcomes, ready=jnp.zeros_like(go),
         next_request=pick(next_req, state.next_request), workload=pick(wstate, state.workload),
-        until=jnp.where(go, now + next_req.gap_us, state.until),   # wraps: see instances.py
+        until=until,
         reward=jnp.where(go, penalty, state.reward),
         completed=jnp.where(go, 0, state.completed), on_time=jnp.where(go, 0, state.on_time))
     return state, rejected & go, instance
