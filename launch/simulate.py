@@ -165,8 +165,11 @@ def run(config):
       json.dump({"profile": profile.name, "workload": config.workload.to_dict(),
                  "env": config.env.to_dict(), "num_requests": n,
                  "peak": next(iter(results.values()))["peak"], "policies": results}, f, indent=2)
-  print(f"\n{n} requests, peak (best model per task) = {next(iter(results.values()))['peak']:.4f}")
-  print(format_table(results))
+  report = (f"{n} requests, peak (best model per task) = "
+            f"{next(iter(results.values()))['peak']:.4f}\n{format_table(results)}\n")
+  with open(os.path.join(_OUT.value, "table.txt"), "w") as f:
+    f.write(f"$ python {' '.join(sys.argv)}\n\n{report}")
+  print("\n" + report)
   print(f"\nwrote {_OUT.value}")
 
 
