@@ -141,6 +141,10 @@ def test_named_configs_build_shapes():
   for name in ("opt-125m", "opt-350m", "opt-1.3b", "opt-2.7b", "opt-6.7b", "opt-13b",
                "opt-30b", "opt-66b"):
     config = opt_config(name)
-    shapes = jax.eval_shape(lambda k, c=config: opt.init_params(c, k), jax.random.key(0))
-    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
-    assert n == config.num_params(), name
+    shapes = jax.tree.leaves(opt.param_shapes(config), is_leaf=lambda x: isinstance(x, tuple))
+    assert sum(int(np.prod(s)) for s in shapes) == config.num_params(), name
+    assert len(opt.param_shapes(config)["layers"]) == config.num_hidden_layers
+  # And init_params builds exactly those shapes (traced only, for the 350M variant).
+  config = opt_config("opt-350m")
+  traced = jax.eval_shape(lambda k: opt.init_params(config, k), jax.random.key(0))
+  assert jax.tree.map(lambda x: tuple(x.shape), traced) == opt.param_shapes(config)
