@@ -94,3 +94,20 @@ def test_make_env_refuses_bad_arguments():
     make_env(profile, ServingConfig(), workload, episode_len=0)
   with pytest.raises(ValueError, match="rate_ema_alpha"):
     make_env(profile, ServingConfig(), workload, episode_len=8, rate_ema_alpha=0.0)
+
+
+def test_measured_cpu_profile_runs_in_the_simulator():
+  """The profiler's output (results/cpu_profile_tiny.json) loads and drives the environment."""
+  import os
+  from bes.env import rollout as rollout_lib
+  from bes.profile import load_profile
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "results", "cpu_profile_tiny.json")
+  profile = load_profile(path)
+  config = default_config.get_config()
+  config.workload.kind = "poisson"
+  config.workload.rate = 50.0
+  env, params, _ = env_config.env_from_config(config, episode_len=64, record=True, profile=profile)
+  policy = policies.round_robin(len(profile.tasks), len(profile.models))
+  out, rewards = rollout_lib.run_episode(env, params, policy, jax.random.PRNGKey(0))
+  assert np.all(out["model"] == np.arange(64) % len(profile.models))
+  np.testing.assert_allclose(rewards.sum(), out["utility"].sum(), atol=1e-4)
