@@ -1,4 +1,6 @@
 """Conformance of the Flax OPT (`bes.models.opt`) with transformers' PyTorch OPTForCausalLM."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,6 +48,7 @@ def loaded(request, tmp_path_factory):
 
 _FULL = jax.jit(opt.forward_full, static_argnums=1)
 _STEP = jax.jit(opt.forward, static_argnums=1)
+_STEP_LAST = jax.jit(functools.partial(opt.forward, last_only=True), static_argnums=1)
 MAX_LEN = max(LENGTHS) + 2  # cache slots in the incremental tests
 
 
@@ -82,6 +85,13 @@ def test_incremental_decoding_with_cache_equals_full_forward(loaded):
     got.append(np.asarray(logits))
   got = np.concatenate(got, axis=1)
   np.testing.assert_allclose(got[mask], full[mask], atol=1e-5, rtol=1e-5)
+  # last_only gives the last position's logits of the same step.
+  last, _ = _STEP_LAST(params, config, tokens[:, :prompt], positions[:, :prompt],
+                       opt.init_cache(config, b, MAX_LEN), jnp.zeros((b,), jnp.int32), kv_mask)
+  assert last.shape == (b, 1, config.vocab_size)
+  real = mask[:, prompt - 1]  # rows whose last prompt column is a real token
+  np.testing.assert_allclose(np.asarray(last[real, 0]), full[real, prompt - 1], atol=1e-5,
+                             rtol=1e-5)
 
 
 def test_cache_rows_with_different_indices(loaded):

@@ -193,7 +193,7 @@ def _decoder_layer(config: OPTConfig, layer: int, x, p, cache: KVCache, cache_in
 
 
 def forward(params: Params, config: OPTConfig, tokens, positions, cache: KVCache,
-            cache_index, kv_mask):
+            cache_index, kv_mask, *, last_only: bool = False):
   """Runs T new tokens per row through the decoder, reading and extending the KV cache.
 
   Args:
@@ -205,6 +205,8 @@ def forward(params: Params, config: OPTConfig, tokens, positions, cache: KVCache
     cache_index: int32 [B]; row b's T new keys/values go to slots cache_index[b] + t.
     kv_mask: bool [B, S]; slot s is attendable iff kv_mask[b, s], already covering the new
       tokens (True for real new tokens, False for pads).
+    last_only: (static) compute the logits of the last position only, [B, 1, vocab]: a
+      prefill that only samples the next token skips T - 1 LM-head matmuls.
   Returns:
     (logits float32 [B, T, vocab], the updated KVCache). Query t of row b attends to slot s
     iff kv_mask[b, s] and s <= cache_index[b] + t.
@@ -225,6 +227,8 @@ def forward(params: Params, config: OPTConfig, tokens, positions, cache: KVCache
   for i, p in enumerate(params["layers"]):
     x, cache = _decoder_layer(config, i, x, p, cache, cache_index, allowed)
 
+  if last_only:
+    x = x[:, -1:]
   if config.do_layer_norm_before:
     x = _layer_norm(x, params["final_ln"])
   if config.projects_embeddings:

@@ -149,7 +149,7 @@ def generate(params: opt.Params, config: OPTConfig, prompts, prompt_mask, key,
   positions = opt.opt_positions(prompt_mask)
   logits, cache = opt.forward(params, config, prompts, positions,
                               opt.init_cache(config, b, max_len, dtype),
-                              jnp.zeros((b,), jnp.int32), kv_mask)
+                              jnp.zeros((b,), jnp.int32), kv_mask, last_only=True)
   key, sub = jax.random.split(key)
   token, logprob = _pick(logits[:, -1], sub, sampling)
   pad = jnp.int32(config.pad_token_id)
