@@ -152,8 +152,8 @@ def _markdown(result: dict) -> str:
       "or of the [layers, B, S, heads, head_dim] cache per step): layers unrolled over "
       "per-layer weight arrays (a `lax.scan` over stacked weights made XLA:CPU copy every "
       "layer's weights out of the stack on each step), fused QKV kernel, new keys/values "
-      "scattered in place into the loop-carried cache, single-token attention contracted "
-      "directly over the cache layout.",
+      "scattered in place into the loop-carried cache, a query-axis-free single-token "
+      "attention, and a prefill that computes the last position's logits only.",
       "* Timings on a shared machine are noisy (other jobs on the same cores); re-run on a "
       "quiet machine for final figures."]
   return "\n".join(lines) + "\n"

@@ -8,8 +8,8 @@ Implementation choice: no `nn.Module` classes. Parameters are a plain nested dic
 Decode speed on CPU (see launch/benchmark_decode.py): the layer loop is unrolled over
 per-layer weight arrays rather than a `lax.scan` over stacked ones, because XLA:CPU copies
 each dynamically sliced layer (weights and cache) out of the stacked arrays on every step.
-New keys/values are scattered into the [layers, ...] cache in place, and single-token
-attention reads the cache in its own layout (no transposed copy).
+New keys/values are scattered into the [layers, ...] cache in place (the optimized HLO
+of the decode loop holds no copy of the weights or of the whole cache).
 
 Numerics follow transformers' PyTorch `OPTForCausalLM`:
   * learned positions with OPT's offset of 2 (`embed_positions[position + 2]`), positions from
@@ -154,8 +154,9 @@ def _attention(q, k, v, allowed):
     [B, T, N, D] in q's dtype; the softmax is computed in float32.
   """
   if q.shape[1] == 1:
-    # Decode: contract straight over the [B, S, N, D] cache layout; the batched-dot form below
-    # makes XLA:CPU transpose the whole cache layer to [B, N, S, D] first.
+    # Decode (one query): written over the [B, S, N, D] cache layout without a query axis;
+    # measured ~15% faster per step on CPU than the general form below at batch 16-32 (XLA
+    # still transposes the cache layer for the batched dot in both).
     scores = jnp.einsum("bnd,bsnd->bsn", q[:, 0], k, preferred_element_type=jnp.float32)
     scores = jnp.where(allowed[:, 0, :, None], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=1).astype(v.dtype)
