@@ -29,11 +29,7 @@ import time
 from absl import app
 from absl import flags
 
-# The repo root instead of launch/ (whose profile.py would shadow the stdlib module `profile`,
-# which torch and transformers import).
-_LAUNCH_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _LAUNCH_DIR]
-sys.path.insert(0, os.path.dirname(_LAUNCH_DIR))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -1,4 +1,4 @@
-"""launch/profile.py: a tiny measured profile loads with bes.profile; fitting and flag parsing."""
+"""launch/profile_latency.py: a tiny measured profile loads with bes.profile; fitting and flag parsing."""
 import json
 import os
 import subprocess
@@ -19,7 +19,7 @@ def test_tiny_profile_is_written_and_loads(tmp_path):
   configs = tmp_path / "configs.json"
   configs.write_text(json.dumps({"tiny": TINY, "tiny2": dict(TINY, hidden_size=32)}))
   out = tmp_path / "profile.json"
-  cmd = [sys.executable, os.path.join(ROOT, "launch", "profile.py"),
+  cmd = [sys.executable, os.path.join(ROOT, "launch", "profile_latency.py"),
          f"--config_json={configs}", "--models=tiny:2", "--max_batch=2",
          "--context_len=8", "--prefill_lengths=4,8", "--repeats=2", "--warmup=1",
          "--tasks=arc_easy,piqa", "--quality_default=0.25", f"--out={out}"]

@@ -14,7 +14,7 @@ What is timed (seconds, wall clock, `jax.block_until_ready` on the results):
     lengths round-robin like the batch sizes.
   * `fit_prefill`: least-squares line seconds = fixed + per_token * length, each clipped at 0.
 
-Also the small parsers of the profiler's command line (`launch/profile.py`).
+Also the small parsers of the profiler's command line (`launch/profile_latency.py`).
 """
 from __future__ import annotations
 

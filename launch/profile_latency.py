@@ -9,7 +9,7 @@ by least squares to prefill_s_fixed + prefill_s_per_token * length. It writes th
 JSON of the serving-model design page (`bes.profile`), with quality from a CSV table
 (`bes.quality`), e.g. (results/cpu_profile_tiny.md):
 
-  python launch/profile.py --config_json=results/cpu_profile_tiny_configs.json \
+  python launch/profile_latency.py --config_json=results/cpu_profile_tiny_configs.json \
     --models=tiny-s:1,tiny-m:1 --max_batch=8 --quality_default=0.5 \
     --out=results/cpu_profile_tiny.json
 
@@ -26,8 +26,6 @@ from absl import app
 from absl import flags
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path and os.path.abspath(sys.path[0]) == os.path.join(_ROOT, "launch"):
-  sys.path.pop(0)  # this file is `profile.py`: never shadow the standard library's `profile`
 sys.path.insert(0, _ROOT)
 
 import jax  # noqa: E402
@@ -111,7 +109,7 @@ def main(argv):
           f"prefill {fixed:.6f} s + {per_token:.3e} s/token")
   date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
   provenance = (
-      f"Measured by launch/profile.py on {device.platform} device '{device.device_kind}' "
+      f"Measured by launch/profile_latency.py on {device.platform} device '{device.device_kind}' "
       f"(jax {jax.__version__}, {_DTYPE.value}, random weights, {date}). decode_step_s[b-1]: "
       f"median of {_REPEATS.value} Engine.generate_step calls (after {_WARMUP.value} warm-up, "
       f"batch sizes round-robin) of an engine with exactly b slots, all active, caches filled "
