@@ -15,6 +15,10 @@ to its requests' utilities. When an episode ends the instances are already drain
 automatic reset only restarts the request counter: the next episode continues the same
 request stream (a long workload cut into episodes; `reset` starts a fresh stream).
 
+`step_async(..., max_passes=k)` is the same step for vmapped training: each call does at most
+k event passes per model group, so environments advance on their own clocks instead of all
+waiting for the busiest; it returns a `decided` mask and decides exactly as `step` does.
+
 Static configuration (shapes) lives in `ServingEnv`; everything numeric lives in
 `EnvParams`, a pytree that can be vmapped over (deadlines, rates, reward mode, ...).
 """
