@@ -58,10 +58,7 @@ def make_runner(env, params, policy, steps, max_passes, num_envs):
   """jit(lax.map over chunks of vmap(rollout)), sharded over devices with shard_map;
   returns decisions and summed reward per environment."""
   def run(key):
-    if max_passes is None:
-      _, traj = rollout_lib.rollout(env, params, policy, key, steps)
-      return jnp.int32(steps), traj["reward"].sum()
-    _, traj = rollout_lib.rollout_async(env, params, policy, key, steps, max_passes)
+    _, traj = rollout_lib.rollout(env, params, policy, key, steps, max_passes)
     return traj["decided"].sum(dtype=jnp.int32), traj["reward"].sum()
 
   chunk = min(FLAGS.env_chunk, num_envs) if FLAGS.env_chunk > 0 else num_envs

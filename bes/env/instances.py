@@ -89,12 +89,6 @@ def load(gs: GroupState) -> jnp.ndarray:
   return gs.joined - gs.finished
 
 
-def running_mask(gs: GroupState) -> jnp.ndarray:
-  """bool [I, E]: entries holding a running request."""
-  e = gs.entries
-  return (e["seq"] - gs.admitted[:, None] < 0) & (e["finish"] - gs.iters[:, None] > 0)
-
-
 @struct.dataclass
 class Completions:
   """Requests finishing in one pass, arrays [I, E]: `done` mask, `late_us` = completion -
@@ -116,10 +110,9 @@ def pending(gs: GroupState, until, drain) -> jnp.ndarray:
   return jnp.any(due(gs, until, drain))
 
 
-def _iteration_us(gp: GroupParams, batch, admitted, prompt_tokens):
-  """Duration in microseconds of an iteration with `batch` running requests."""
-  prefill = clock.prefill_us(prompt_tokens, gp.prefill_fixed_us, gp.prefill_per_token_ns)
-  return gp.decode_us[batch] + jnp.where(admitted, prefill, 0)
+def _prefill_us(gp: GroupParams, prompt_tokens):
+  """Prefill cost in microseconds of an iteration admitting `prompt_tokens` prompt tokens."""
+  return clock.prefill_us(prompt_tokens, gp.prefill_fixed_us, gp.prefill_per_token_ns)
 
 
 def advance_pass(gs: GroupState, gp: GroupParams, until: jnp.ndarray, drain: jnp.ndarray):
@@ -157,8 +150,7 @@ def advance_pass(gs: GroupState, gp: GroupParams, until: jnp.ndarray, drain: jnp
   # ones after it, up to the next completion, last decode each: skip j of them in closed
   # form, j < iterations to the next completion, stopping at the last end <= `until`.
   decode = gp.decode_us[batch]
-  prefill = jnp.where(n_admit > 0, clock.prefill_us(prompt_tokens, gp.prefill_fixed_us,
-                                                    gp.prefill_per_token_ns), 0)
+  prefill = jnp.where(n_admit > 0, _prefill_us(gp, prompt_tokens), 0)
   next_done = jnp.min(jnp.where(running, finish - iters[:, None], INT32_MAX), axis=-1)
   slack = jnp.where(drain, INT32_MAX, until - end - prefill)
   skip = jnp.clip(slack // jnp.maximum(decode, 1), 0, next_done - 1)
@@ -195,7 +187,7 @@ def join(gs: GroupState, gp: GroupParams, chosen, now, request: dict, until, dra
   set_if = lambda x, idx, cond, v: x.at[idx].set(jnp.where(cond, v, x[idx]))
   entries = {f: set_if(x, (i, slot), placed, values[f]) for f, x in gs.entries.items()}
   decode = gp.decode_us[1]
-  prefill = clock.prefill_us(request["prompt"], gp.prefill_fixed_us, gp.prefill_per_token_ns)
+  prefill = _prefill_us(gp, request["prompt"])
   slack = jnp.where(drain, INT32_MAX, until - now - prefill)
   skip = jnp.where(start, jnp.clip(slack // decode, 0, request["output"] - 1), 0)
   gs = gs.replace(

@@ -34,50 +34,28 @@ def action_table(actions) -> ActionTable:
   return ActionTable(jnp.asarray(actions, jnp.int32))
 
 
-def rollout(env: ServingEnv, params: EnvParams, policy, key: jax.Array, num_steps: int):
-  """Resets, then runs `num_steps` steps. Jittable (`env`, `policy`, `num_steps` static).
+def rollout(env: ServingEnv, params: EnvParams, policy, key: jax.Array, num_steps: int,
+            max_passes: int | None = None):
+  """Resets, then makes `num_steps` calls of the policy and the environment. Jittable (`env`,
+  `num_steps`, `max_passes` static).
 
-  Returns (final_state, per-step dict with `reward` float32 [num_steps], `done` bool, `action`
-  int32, `rejected` bool, `completed` and `on_time` int32 counts).
+  With `max_passes=None` every call is a `step` (one decision each); with k, a
+  `step_async` of at most k event passes per group, whose action only environments that are
+  ready use. Returns (final_state, per-call dict with `reward` float32, `done`, `decided`
+  bool, `action` int32, `rejected` bool, `completed` and `on_time` int32 counts).
   """
   k_reset, k_run = jax.random.split(key)
   obs, state = env.reset(k_reset, params)
-  (_, state), trajectory = run_steps(env, params, policy, obs, state,
-                                     jax.random.split(k_run, num_steps))
-  return state, trajectory
-
-
-def run_steps(env: ServingEnv, params: EnvParams, policy, obs, state, keys):
-  """`lax.scan` of `env.step` over `keys` ([num_steps] keys) from (obs, state)."""
-  def body(carry, k):
-    obs, state = carry
-    k_act, k_step = jax.random.split(k)
-    action = policy(k_act, obs, state)
-    obs, state, reward, done, info = env.step(k_step, state, action, params)
-    out = dict(reward=reward, done=done, action=action, rejected=info["rejected"],
-               completed=info["completed"], on_time=info["on_time"])
-    return (obs, state), out
-
-  return jax.lax.scan(body, (obs, state), keys)
-
-
-def rollout_async(env: ServingEnv, params: EnvParams, policy, key: jax.Array, num_calls: int,
-                  max_passes: int):
-  """Like `rollout` through `ServingEnv.step_async`: `num_calls` calls of at most
-  `max_passes` passes per group. The policy is evaluated every call; its action is used by
-  environments that are ready. Returns (final_state, per-call dict with `reward`, `done`,
-  `decided`)."""
-  k_reset, k_run = jax.random.split(key)
-  obs, state = env.reset(k_reset, params)
 
   def body(carry, k):
     obs, state = carry
     k_act, k_step = jax.random.split(k)
     action = policy(k_act, obs, state)
-    obs, state, reward, done, decided, _ = env.step_async(k_step, state, action, params, max_passes)
-    return (obs, state), dict(reward=reward, done=done, decided=decided)
+    obs, state, reward, done, decided, info = env.step_async(k_step, state, action, params,
+                                                             max_passes)
+    return (obs, state), dict(reward=reward, done=done, decided=decided, action=action, **info)
 
-  (_, state), trajectory = jax.lax.scan(body, (obs, state), jax.random.split(k_run, num_calls))
+  (_, state), trajectory = jax.lax.scan(body, (obs, state), jax.random.split(k_run, num_steps))
   return state, trajectory
 
 
