@@ -1,0 +1,310 @@
+"""Hand-written routers, the baselines a learned router has to beat, and their tuning.
+
+Both are policies of `bes.policies`' interface, pytrees called as `policy(key, obs, state)`
+that return the model index (int32 scalar). Numeric knobs are pytree leaves, so a stack of
+knob settings runs as one `vmap` (one compilation per policy class). Neither reads
+`state.request.output_len`: the output length of a request is not observable.
+
+  DeadlineGreedy  predicts the request's latency on every model from the model's latency
+                  table and the state of the instance it would join, and sends it to the
+                  best model (quality for its task) predicted to meet the deadline.
+  LoadThreshold   sends the request to the best model whose observed load is below that
+                  model's threshold.
+
+`tune(name, env, params, key)` grid-searches a policy's knobs on an environment by the mean
+per-request reward of rollouts (common random numbers: every candidate sees the same
+request streams); `to_dict` / `from_dict` save and rebuild tuned knobs as JSON.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from bes.env import rollout as rollout_lib
+from bes.env.serving_env import EnvParams, ServingEnv
+from bes.workloads import sample
+
+HEURISTICS = ("deadline_greedy", "load_threshold")
+DEFAULT_SLACKS = (0.75, 1.0, 1.1, 1.25, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0)
+DEFAULT_TURNOVERS = (0.0, 1.0)
+DEFAULT_LEVELS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0)
+MAX_CANDIDATES = 4096
+_NEVER = jnp.float32(1e30)  # predicted latency (us) of a request the model would reject
+
+
+# --------------------------------------------------------------------------------- policies
+@struct.dataclass
+class DeadlineGreedy:
+  """The best model predicted to meet the request's deadline.
+
+  Latency model, for the current request (task t) on model m. Let i be the instance the
+  environment would pick (fewest running + waiting, lowest index), L its running + waiting
+  requests, B the model's max batch, tau(b) = decode_us[b], n = mean_output_len and
+  P = prefill_fixed_us + prefill_per_token_us * mean_prompt_len (one prompt's prefill, us).
+  In steady state an iteration at batch b also admits b / n requests (the batch turns over
+  once per n iterations), so it lasts tau_eff(b) = tau(b) + turnover * (b / n) * P. Then
+
+    latency = r + q / B * n * tau_eff(B) + P + n * tau_eff(min(L + 1, B)),
+
+  where r is what remains of i's current iteration (0 when idle) and q = max(0, L + 1 - B)
+  is the request's position in the queue (the wait for q of B slots, which free at B / n
+  per iteration); infinite when i's queue is full (rejection). The deadline is
+  deadline_us[t] + deadline_per_token_us * n. Among the models with slack * latency <=
+  deadline the one with the highest quality[m, t] wins (ties: lowest index); if none is on
+  time, the one with the lowest predicted latency.
+
+  Attributes (times in microseconds, float32):
+    decode_us: [M, Bmax + 1] decode iteration time per batch size (index 0 unused; rows
+      padded past the model's max batch with its last value).
+    prefill_fixed_us, prefill_per_token_us: [M].
+    quality: [M, T]; deadline_us: [T]; deadline_per_token_us: scalar.
+    mean_output_len, mean_prompt_len: scalars, tokens (the workload's means, knobs).
+    slack: scalar >= 0, safety factor on the prediction (knob).
+    turnover: scalar in [0, 1], weight of the steady-state prefill interference (knob).
+  """
+  decode_us: jnp.ndarray
+  prefill_fixed_us: jnp.ndarray
+  prefill_per_token_us: jnp.ndarray
+  quality: jnp.ndarray
+  deadline_us: jnp.ndarray
+  deadline_per_token_us: jnp.ndarray
+  mean_output_len: jnp.ndarray
+  mean_prompt_len: jnp.ndarray
+  slack: jnp.ndarray
+  turnover: jnp.ndarray
+
+  def predict_us(self, state) -> jnp.ndarray:
+    """Predicted latency of the current request on each model, float32 [M] (us)."""
+    n = self.mean_output_len
+    preds = []
+    for m, gs in enumerate(state.groups):
+      big_b = gs.max_batch
+      load = gs.joined - gs.finished
+      i = jnp.argmin(load)
+      busy = gs.busy[i]
+      rejected = busy & (gs.joined[i] - gs.admitted[i] >= gs.queue_capacity)
+      residual = jnp.where(busy, jnp.maximum(gs.iter_end[i] - state.now, 0), 0)
+      prefill = self.prefill_fixed_us[m] + self.prefill_per_token_us[m] * self.mean_prompt_len
+      tau_eff = lambda b, m=m, prefill=prefill: (
+          self.decode_us[m, b] + self.turnover * b.astype(jnp.float32) / n * prefill)
+      queue = jnp.maximum(load[i] + 1 - big_b, 0).astype(jnp.float32)
+      batch = jnp.minimum(load[i] + 1, big_b)
+      latency = (residual.astype(jnp.float32) + queue / big_b * n * tau_eff(jnp.int32(big_b))
+                 + prefill + n * tau_eff(batch))
+      preds.append(jnp.where(rejected, _NEVER, latency))
+    return jnp.stack(preds)
+
+  def __call__(self, key, obs, state) -> jnp.ndarray:
+    del key, obs
+    task = state.request.task
+    latency = self.predict_us(state)
+    deadline = self.deadline_us[task] + self.deadline_per_token_us * self.mean_output_len
+    on_time = self.slack * latency <= deadline
+    best = jnp.argmax(jnp.where(on_time, self.quality[:, task], -jnp.inf))
+    return jnp.where(jnp.any(on_time), best, jnp.argmin(latency)).astype(jnp.int32)
+
+
+@struct.dataclass
+class LoadThreshold:
+  """The best model (highest quality[m, t] for the request's task t) whose observed load
+  obs[T + m] is below thresholds[m]; if every model is at or above its threshold, the one
+  with the lowest load / threshold ratio (the relatively least overloaded, rather than a
+  fixed fallback model, so the rule degrades gracefully when all are busy).
+
+  Attributes: thresholds float32 [M] (knobs, load units: running + waiting over instances *
+  max batch); quality float32 [M, T]; num_tasks static.
+  """
+  thresholds: jnp.ndarray
+  quality: jnp.ndarray
+  num_tasks: int = struct.field(pytree_node=False)
+
+  def __call__(self, key, obs, state) -> jnp.ndarray:
+    del key, state
+    t = self.num_tasks
+    task = jnp.argmax(obs[:t])
+    load = obs[t:t + self.thresholds.shape[0]]
+    below = load < self.thresholds
+    best = jnp.argmax(jnp.where(below, self.quality[:, task], -jnp.inf))
+    ratio = load / jnp.maximum(self.thresholds, 1e-6)
+    return jnp.where(jnp.any(below), best, jnp.argmin(ratio)).astype(jnp.int32)
+
+
+# --------------------------------------------------------------------------------- builders
+def _positive(value, name: str, strict: bool = True) -> float:
+  x = float(value)
+  if not np.isfinite(x) or x < 0 or (strict and x == 0):
+    raise ValueError(f"heuristics: {name} must be a finite number {'>' if strict else '>='} 0, "
+                     f"got {value!r}")
+  return x
+
+
+def deadline_greedy(params: EnvParams, mean_output_len: float, mean_prompt_len: float,
+                    slack: float = 1.0, turnover: float = 1.0) -> DeadlineGreedy:
+  """A `DeadlineGreedy` for an environment's `EnvParams` (latency tables, quality, deadlines).
+
+  mean_output_len (> 0) and mean_prompt_len (>= 0) in tokens; slack > 0; turnover in [0, 1].
+  """
+  n = _positive(mean_output_len, "mean_output_len")
+  p = _positive(mean_prompt_len, "mean_prompt_len", strict=False)
+  s = _positive(slack, "slack")
+  u = _positive(turnover, "turnover", strict=False)
+  if u > 1:
+    raise ValueError(f"heuristics: turnover must be in [0, 1], got {turnover!r}")
+  tables = [np.asarray(g.decode_us, np.float32) for g in params.groups]
+  width = max(len(x) for x in tables)
+  decode = np.stack([np.pad(x, (0, width - len(x)), mode="edge") for x in tables])
+  fixed = np.array([float(g.prefill_fixed_us) for g in params.groups], np.float32)
+  per_token = np.array([float(g.prefill_per_token_ns) / 1000 for g in params.groups], np.float32)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  return DeadlineGreedy(
+      decode_us=f32(decode), prefill_fixed_us=f32(fixed), prefill_per_token_us=f32(per_token),
+      quality=f32(params.quality), deadline_us=f32(params.deadline_us),
+      deadline_per_token_us=f32(params.deadline_per_token_us), mean_output_len=f32(n),
+      mean_prompt_len=f32(p), slack=f32(s), turnover=f32(u))
+
+
+def load_threshold(params: EnvParams, thresholds: Sequence[float]) -> LoadThreshold:
+  """A `LoadThreshold` with one threshold (>= 0, load units) per model of `params`."""
+  quality = np.asarray(params.quality, np.float32)
+  th = np.asarray(thresholds, np.float32).reshape(-1)
+  if th.shape[0] != quality.shape[0] or not np.all(np.isfinite(th)) or np.any(th < 0):
+    raise ValueError(f"heuristics: thresholds must be {quality.shape[0]} finite numbers >= 0 "
+                     f"(one per model), got {list(np.asarray(thresholds).reshape(-1))}")
+  return LoadThreshold(thresholds=jnp.asarray(th), quality=jnp.asarray(quality),
+                       num_tasks=int(quality.shape[1]))
+
+
+def mean_lengths(workload, key: jax.Array, n: int = 8192) -> tuple[float, float]:
+  """(mean prompt tokens, mean output tokens) of `n` requests drawn from `workload`."""
+  if int(n) < 1:
+    raise ValueError(f"heuristics.mean_lengths: n must be >= 1, got {n}")
+  requests = sample(workload, key, int(n))
+  return (float(np.mean(np.asarray(requests.prompt_len, np.float64))),
+          float(np.mean(np.asarray(requests.output_len, np.float64))))
+
+
+# --------------------------------------------------------------------------------- evaluation
+def stack(policies: Sequence) -> object:
+  """Policies of one class stacked along a new leading axis (for `vmap`)."""
+  return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *policies)
+
+
+def evaluate(env: ServingEnv, params: EnvParams, policies, keys: jax.Array,
+             num_steps: int) -> jnp.ndarray:
+  """Mean per-request reward of each of a stack of policies (leading axis C) on each of
+  `keys` [K, 2], float32 [C, K]: one jitted call of `rollout` with one decision per step
+  (`max_passes=None`) for `num_steps` steps. With `num_steps` a multiple of
+  `env.episode_len` every request's outcome is counted (episodes end by draining)."""
+  return _evaluate(env, params, policies, keys, int(num_steps))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _evaluate(env, params, policies, keys, num_steps):
+  def one(policy, key):
+    _, trajectory = rollout_lib.rollout(env, params, policy, key, num_steps, max_passes=None)
+    return trajectory["reward"].sum() / num_steps
+  return jax.vmap(lambda p: jax.vmap(lambda k: one(p, k))(keys))(policies)
+
+
+def _grid_search(name: str, env, params, key, candidates: list[dict], build, num_steps, num_keys):
+  if not candidates:
+    raise ValueError(f"heuristics.tune({name!r}): the knob grid is empty")
+  if len(candidates) > MAX_CANDIDATES:
+    raise ValueError(f"heuristics.tune({name!r}): {len(candidates)} candidates, at most "
+                     f"{MAX_CANDIDATES}; use fewer levels")
+  num_steps = int(num_steps or env.episode_len)
+  if num_steps < 1 or int(num_keys) < 1:
+    raise ValueError(f"heuristics.tune({name!r}): num_steps and num_keys must be >= 1, got "
+                     f"{num_steps} and {num_keys}")
+  policies = [build(**c) for c in candidates]
+  keys = jax.random.split(key, int(num_keys))
+  scores = np.asarray(evaluate(env, params, stack(policies), keys, num_steps))
+  mean = scores.mean(axis=1)
+  best = int(np.argmax(mean))
+  report = dict(name=name, knobs=candidates[best], best_index=best, score=float(mean[best]),
+                candidates=candidates, scores=[float(x) for x in mean],
+                score_std=[float(x) for x in scores.std(axis=1)], num_steps=num_steps,
+                num_keys=int(num_keys))
+  return policies[best], report
+
+
+def tune_deadline_greedy(env: ServingEnv, params: EnvParams, key: jax.Array,
+                         slacks: Sequence[float] = DEFAULT_SLACKS,
+                         turnovers: Sequence[float] = DEFAULT_TURNOVERS,
+                         mean_output_len: float | None = None,
+                         mean_prompt_len: float | None = None,
+                         num_steps: int | None = None, num_keys: int = 4):
+  """Grid search of `DeadlineGreedy`'s slack x turnover on (env, params).
+
+  Mean lengths default to `mean_lengths(params.workload, ...)`; `num_steps` defaults to one
+  episode. Returns (best policy, report dict: knobs, per-candidate mean scores, ...).
+  """
+  k_len, k_run = jax.random.split(key)
+  if mean_output_len is None or mean_prompt_len is None:
+    prompt, output = mean_lengths(params.workload, k_len)
+    mean_prompt_len = prompt if mean_prompt_len is None else mean_prompt_len
+    mean_output_len = output if mean_output_len is None else mean_output_len
+  candidates = [dict(mean_output_len=float(mean_output_len), mean_prompt_len=float(mean_prompt_len),
+                     slack=float(s), turnover=float(u))
+                for s, u in itertools.product(slacks, turnovers)]
+  build = lambda **kw: deadline_greedy(params, **kw)
+  return _grid_search("deadline_greedy", env, params, k_run, candidates, build, num_steps, num_keys)
+
+
+def tune_load_threshold(env: ServingEnv, params: EnvParams, key: jax.Array,
+                        levels: Sequence[float] = DEFAULT_LEVELS,
+                        num_steps: int | None = None, num_keys: int = 4):
+  """Grid search of `LoadThreshold`: every model but the one of lowest mean quality (the
+  natural fallback) takes each of `levels` (a product grid, levels ** (M - 1) candidates);
+  the fallback model's threshold is max(levels). Returns (best policy, report dict)."""
+  levels = [float(x) for x in levels]
+  quality = np.asarray(params.quality, np.float64)
+  fallback = int(np.argmin(quality.mean(axis=1)))
+  candidates = []
+  for th in itertools.product(levels, repeat=quality.shape[0] - 1):
+    th = list(th)
+    th.insert(fallback, max(levels) if levels else 0.0)
+    candidates.append(dict(thresholds=th))
+  build = lambda **kw: load_threshold(params, **kw)
+  return _grid_search("load_threshold", env, params, key, candidates, build, num_steps, num_keys)
+
+
+# --------------------------------------------------------------------------------- registry
+def tune(name: str, env: ServingEnv, params: EnvParams, key: jax.Array, **kwargs):
+  """Tunes heuristic `name` (one of HEURISTICS); returns (policy, report)."""
+  if name == "deadline_greedy":
+    return tune_deadline_greedy(env, params, key, **kwargs)
+  if name == "load_threshold":
+    return tune_load_threshold(env, params, key, **kwargs)
+  raise ValueError(f"heuristics: unknown heuristic {name!r}, expected one of {HEURISTICS}")
+
+
+def to_dict(policy) -> dict:
+  """The knobs of a (single, unstacked) heuristic policy as a JSON-able dict with its name."""
+  if isinstance(policy, DeadlineGreedy):
+    return dict(name="deadline_greedy", mean_output_len=float(policy.mean_output_len),
+                mean_prompt_len=float(policy.mean_prompt_len), slack=float(policy.slack),
+                turnover=float(policy.turnover))
+  if isinstance(policy, LoadThreshold):
+    return dict(name="load_threshold", thresholds=[float(x) for x in np.asarray(policy.thresholds)])
+  raise ValueError(f"heuristics.to_dict: not a heuristic policy: {type(policy).__name__}")
+
+
+def from_dict(name: str, d: dict, params: EnvParams):
+  """Rebuilds heuristic `name` from `to_dict`'s knobs for an environment's `params`."""
+  knobs = {k: v for k, v in d.items() if k != "name"}
+  if d.get("name", name) != name:
+    raise ValueError(f"heuristics.from_dict: knobs are for {d['name']!r}, not {name!r}")
+  builders = dict(deadline_greedy=deadline_greedy, load_threshold=load_threshold)
+  if name not in builders:
+    raise ValueError(f"heuristics: unknown heuristic {name!r}, expected one of {HEURISTICS}")
+  try:
+    return builders[name](params, **knobs)
+  except TypeError as e:
+    raise ValueError(f"heuristics.from_dict({name!r}): bad knobs {sorted(knobs)}: {e}") from None

@@ -1,0 +1,98 @@
+"""Hand-written routers: hand-computed decisions, no output-length leak, vmapped tuning."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bes import heuristics, policies
+from bes.env import config as env_config
+from bes.env import rollout as rollout_lib
+from bes.env.serving_env import make_env
+from bes.profile import profile_from_dict
+from bes.requests import Requests
+from bes.serving_config import ServingConfig
+from configs import default as default_config
+
+KEY = jax.random.PRNGKey(0)
+
+
+def _tiny_env(quality=((0.3, 0.9), (0.8, 0.5))):
+  """Two models, two tasks, one instance each. 'small': batch 4, 1 ms per iteration, no
+  prefill; 'big': batch 1, 10 ms per iteration, prefill 2 ms + 10 us/token. Deadline 1 s.
+  quality[m][t]. Requests (replayed): 5 simultaneous arrivals at t = 0, task 0, 100-token
+  prompts, 7-token outputs."""
+  tasks = ["t0", "t1"]
+  models = [
+      dict(name="small", instances=1, gpus_per_instance=1, max_batch=4,
+           decode_step_s=[1e-3] * 4, prefill_s_fixed=0.0, prefill_s_per_token=0.0),
+      dict(name="big", instances=1, gpus_per_instance=1, max_batch=1, decode_step_s=[10e-3],
+           prefill_s_fixed=2e-3, prefill_s_per_token=10e-6)]
+  for m, q in zip(models, quality):
+    m["quality"] = dict(zip(tasks, q))
+  profile = profile_from_dict(dict(name="tiny", provenance="test", tasks=tasks, models=models))
+  n = 5
+  requests = Requests(gap_us=np.zeros(n, np.int32), task=np.zeros(n, np.int32),
+                      prompt_len=np.full(n, 100, np.int32), output_len=np.full(n, 7, np.int32))
+  config = ServingConfig(deadline_s=1.0, deadline_per_token_s=0.0, queue_capacity=8)
+  return make_env(profile, config, rollout_lib.replay(requests, 2), episode_len=n)
+
+
+def _after(env, params, actions):
+  """(obs, state) after routing the first requests to `actions`."""
+  obs, state = env.reset(KEY, params)
+  for a in actions:
+    obs, state, *_ = env.step(KEY, state, jnp.int32(a), params)
+  return obs, state
+
+
+def test_deadline_greedy_hand_computed():
+  env, params = _tiny_env()
+  greedy = heuristics.deadline_greedy(params, mean_output_len=50, mean_prompt_len=100, slack=1.0)
+  # Empty cluster: small 50 * 1 ms; big 3 ms prefill + 50 * (10 ms + 1/50 * 3 ms). Both on
+  # time (1 s): the better model for task 0, big.
+  obs, state = _after(env, params, [])
+  np.testing.assert_allclose(greedy.predict_us(state), [50_000, 506_000], rtol=1e-6)
+  assert int(greedy(KEY, obs, state)) == 1
+  # A slack of 3 makes big late (1.518 s) but not small: small.
+  assert int(greedy.replace(slack=jnp.float32(3.0))(KEY, obs, state)) == 0
+  # Big holds 1 running (iteration ends at 13 ms) + 2 waiting: queue position 3 of batch 1,
+  # 13 ms + 3 * 50 * 10.06 ms + 3 ms + 503 ms = 2.028 s, late; only small is on time.
+  obs, state = _after(env, params, [1, 1, 1])
+  np.testing.assert_allclose(greedy.predict_us(state), [50_000, 2_028_000], rtol=1e-6)
+  assert int(greedy(KEY, obs, state)) == 0
+  # Without the turnover term big's prediction loses the 3 * 3 ms + 3 ms of interference.
+  no_turnover = greedy.replace(turnover=jnp.float32(0.0))
+  np.testing.assert_allclose(no_turnover.predict_us(state)[1], 2_016_000, rtol=1e-6)
+  # Nothing on time (slack 100): the fastest predicted, small.
+  assert int(greedy.replace(slack=jnp.float32(100.0))(KEY, obs, state)) == 0
+  # For task 1 small is the better model, and on time.
+  state1 = state.replace(request=state.request.replace(task=jnp.int32(1)))
+  assert int(greedy(KEY, obs, state1)) == 0
+
+
+def test_deadline_greedy_sees_a_full_queue_as_rejection():
+  env, params = _tiny_env()
+  env = env.__class__(**{**env.__dict__, "queue_capacity": 1})
+  greedy = heuristics.deadline_greedy(params, 1, 0, slack=1e-6)      # everything "on time"
+  obs, state = _after(env, params, [1, 1])                           # big: 1 running, 1 waiting
+  assert float(greedy.predict_us(state)[1]) > 1e29
+  assert int(greedy(KEY, obs, state)) == 0
+
+
+def test_load_threshold_hand_set_loads():
+  env, params = _tiny_env()
+  policy = heuristics.load_threshold(params, [2.0, 0.5])
+  obs = lambda task, loads: jnp.concatenate([jax.nn.one_hot(task, 2), jnp.asarray(loads), jnp.zeros(1)])
+  decide = lambda task, loads: int(policy(KEY, obs(task, loads), None))
+  assert decide(0, [0.0, 0.0]) == 1          # task 0: big first, below 0.5
+  assert decide(0, [0.0, 0.5]) == 0          # big at its threshold: small
+  assert decide(1, [0.0, 0.0]) == 0          # task 1: small first
+  assert decide(1, [2.5, 0.2]) == 1          # small above 2.0, big below
+  assert decide(0, [3.0, 1.0]) == 0          # none below: ratios 1.5 (small), 2.0 (big)
+  assert decide(0, [5.0, 1.0]) == 1          # none below: ratios 2.5, 2.0
+  # The environment's observed load: big holds 3 requests in 1 instance x batch 1.
+  o, state = _after(env, params, [1, 1, 1])
+  np.testing.assert_allclose(o[2:4], [0.0, 3.0])
+  assert int(policy(KEY, o, state)) == 0
