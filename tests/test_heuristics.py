@@ -96,3 +96,97 @@ def test_load_threshold_hand_set_loads():
   o, state = _after(env, params, [1, 1, 1])
   np.testing.assert_allclose(o[2:4], [0.0, 3.0])
   assert int(policy(KEY, o, state)) == 0
+
+
+def _default_env(rate, episode_len):
+  config = default_config.get_config()
+  config.workload.kind = "poisson"
+  config.workload.rate = rate
+  env, params, profile = env_config.env_from_config(config, episode_len=episode_len)
+  return env, params, profile
+
+
+def test_decisions_never_depend_on_the_output_length():
+  env, params, _ = _default_env(40.0, 64)
+  greedy = heuristics.deadline_greedy(params, 200, 850, slack=1.25)
+  threshold = heuristics.load_threshold(params, [2.0, 1.0, 0.25])
+  obs, state = env.reset(KEY, params)
+  step = jax.jit(env.step)
+  for i, k in enumerate(jax.random.split(KEY, 48)):                  # a loaded cluster
+    obs, state, *_ = step(k, state, jnp.int32(i % 3), params)
+  for policy in (greedy, threshold):
+    decide = jax.jit(lambda p, s: p(KEY, obs, s))
+    actions = {int(decide(policy, state.replace(
+        request=state.request.replace(output_len=jnp.int32(n))))) for n in (1, 200, 5000)}
+    assert len(actions) == 1
+  assert jnp.all(greedy.predict_us(state) == greedy.predict_us(
+      state.replace(request=state.request.replace(output_len=jnp.int32(1)))))
+
+
+@pytest.fixture(scope="module")
+def heavy():
+  """The default profile under Poisson 40 req/s, 256-request episodes, and the greedy tuned
+  on it over three slacks (2 keys); shared to compile once."""
+  env, params, profile = _default_env(40.0, 256)
+  policy, report = heuristics.tune("deadline_greedy", env, params, KEY, slacks=(0.5, 1.25, 4.0),
+                                   turnovers=(1.0,), num_keys=2)
+  return env, params, profile, policy, report
+
+
+def test_vmapped_tuning_returns_the_best_candidate_of_its_grid(heavy):
+  env, params, _, policy, report = heavy
+  keys = jax.random.split(jax.random.split(KEY)[1], 2)              # tune's rollout keys
+  assert [c["slack"] for c in report["candidates"]] == [0.5, 1.25, 4.0]
+  one_by_one = [float(np.mean(heuristics.evaluate(
+      env, params, heuristics.stack([heuristics.from_dict("deadline_greedy", c, params)]), keys,
+      env.episode_len))) for c in report["candidates"]]
+  np.testing.assert_allclose(report["scores"], one_by_one, rtol=1e-5, atol=1e-6)
+  assert report["best_index"] == int(np.argmax(one_by_one))
+  assert heuristics.to_dict(policy) == dict(name="deadline_greedy", **report["knobs"])
+  assert len(set(np.round(one_by_one, 6))) > 1                      # the knob matters
+  # The load-threshold grid: every model but the fallback (lowest mean quality) over the levels.
+  env, params = _tiny_env(quality=((0.3, 0.9), (0.8, 0.7)))
+  policy, report = heuristics.tune("load_threshold", env, params, KEY, levels=(0.5, 3.0),
+                                   num_keys=2)
+  assert [c["thresholds"] for c in report["candidates"]] == [[3.0, 0.5], [3.0, 3.0]]
+  assert report["best_index"] == int(np.argmax(report["scores"]))
+  np.testing.assert_allclose(policy.thresholds, report["knobs"]["thresholds"])
+
+
+def test_knobs_round_trip_through_json_and_bad_knobs_are_refused():
+  env, params = _tiny_env()
+  for policy in (heuristics.deadline_greedy(params, 120.5, 800, slack=1.5, turnover=0.0),
+                 heuristics.load_threshold(params, [0.5, 1.25])):
+    d = json.loads(json.dumps(heuristics.to_dict(policy)))
+    rebuilt = heuristics.from_dict(d["name"], d, params)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, rebuilt, policy)
+  with pytest.raises(ValueError, match="unknown heuristic 'nope'"):
+    heuristics.tune("nope", env, params, KEY)
+  with pytest.raises(ValueError, match="thresholds must be 2"):
+    heuristics.load_threshold(params, [1.0])
+  with pytest.raises(ValueError, match="slack"):
+    heuristics.deadline_greedy(params, 100, 100, slack=0.0)
+  with pytest.raises(ValueError, match="bad knobs"):
+    heuristics.from_dict("load_threshold", dict(thresholds=[1.0, 1.0], slack=2.0), params)
+  with pytest.raises(ValueError, match="not 'load_threshold'"):
+    heuristics.from_dict("load_threshold", dict(name="deadline_greedy"), params)
+
+
+def test_mean_lengths_of_a_replayed_workload_are_exact():
+  requests = Requests(gap_us=np.ones(4, np.int32), task=np.zeros(4, np.int32),
+                      prompt_len=np.array([10, 20, 30, 40], np.int32),
+                      output_len=np.array([1, 2, 3, 6], np.int32))
+  assert heuristics.mean_lengths(rollout_lib.replay(requests, 1), KEY, 4) == (25.0, 3.0)
+
+
+def test_tuned_greedy_beats_static_policies_under_heavy_load(heavy):
+  """Poisson 40 req/s on the default profile: the largest model alone overloads (most
+  requests late), the smallest alone wastes quality; the tuned greedy beats both."""
+  env, params, profile, _, report = heavy
+  m, t = len(profile.models), len(profile.tasks)
+  keys = jax.random.split(jax.random.split(KEY)[1], 2)
+  statics = heuristics.stack([policies.static(i, t, m) for i in range(m)])
+  static_scores = np.asarray(heuristics.evaluate(env, params, statics, keys, env.episode_len))
+  static_scores = static_scores.mean(1)
+  assert report["score"] > static_scores[0] + 0.05, (report, static_scores)   # opt-125m
+  assert report["score"] > static_scores[2] + 0.05, (report, static_scores)   # opt-6.7b
