@@ -40,5 +40,43 @@ def get_config() -> ml_collections.ConfigDict:
   config.simulate.window_s = 10.0          # window length for the window metrics
   config.simulate.chunk = 2000             # steps per jitted chunk (progress granularity)
 
+  # The learned router (bes/router/): Double DQN over a 2-hidden-layer MLP.
+  config.dqn = ml_collections.ConfigDict(type_safe=False)
+  config.dqn.hidden = "64,64"         # hidden widths (two layers as in the paper)
+  config.dqn.activation = "relu"
+  config.dqn.obs_norm = "log"         # none | scale | log (bes/router/qnetwork.py)
+  config.dqn.rate_scale = 20.0        # requests/s the rate feature is divided by
+  config.dqn.credit = "request"       # request: a request's utility rewards the decision that
+                                      # routed it; step: the env's step reward (design page)
+  config.dqn.gamma = 0.99             # discount per routing decision
+  config.dqn.n_step = 3
+  config.dqn.learning_rate = 1e-3
+  config.dqn.max_grad_norm = 10.0
+  config.dqn.huber_delta = 1.0
+  config.dqn.reward_scale = 1.0
+  config.dqn.batch_size = 256
+  config.dqn.replay_capacity = 2048   # transitions per parallel environment
+  config.dqn.num_envs = 64            # parallel environments per seed
+  config.dqn.max_passes = 1           # event passes per env call (step_async)
+  config.dqn.num_iterations = 20000   # env calls per environment (each: 1 action offered)
+  config.dqn.updates_per_iteration = 1
+  config.dqn.learning_starts = 500    # iterations before the first gradient step
+  config.dqn.eps_start = 1.0
+  config.dqn.eps_end = 0.02
+  config.dqn.eps_decay_frac = 0.3     # of num_iterations
+  config.dqn.target_update = "periodic"   # periodic | polyak
+  config.dqn.target_period = 500      # gradient steps between target copies (periodic)
+  config.dqn.polyak_tau = 0.005       # (polyak)
+
+  # launch/train.py: chunks of scanned iterations, evaluation and checkpoints between them.
+  config.train = ml_collections.ConfigDict(type_safe=False)
+  config.train.chunk_iterations = 2000
+  config.train.eval_episode_len = 2048    # requests per greedy evaluation episode
+  config.train.eval_episodes = 4
+  config.train.keep_checkpoints = 2
+  config.train.rate_multipliers = ""  # e.g. '0.25,0.5,1,2,4': env i trains at rate * m[i % k]
+  config.train.tune_heuristics = True  # tune the hand-written baselines on the same workload
+
   config.seed = 0
+  config.num_seeds = 1                # seeds trained together (vmapped), keys split from seed
   return config

@@ -30,6 +30,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bes import metrics, policies  # noqa: E402
+from bes.evaluation import format_table  # noqa: E402
 from bes.env import config as env_config  # noqa: E402
 from bes.env import rollout as rollout_lib  # noqa: E402
 from bes.workloads import workload_from_config  # noqa: E402
@@ -105,22 +106,6 @@ def write_outcomes_csv(path: str, outcomes: dict) -> None:
 
 def slug(spec: str) -> str:
   return re.sub(r"[^A-Za-z0-9._-]+", "_", spec)
-
-
-TABLE_COLUMNS = (("availability", "avail"), ("mean_utility", "utility"),
-                 ("frac_windows_ge_96", "win>=96%"), ("frac_windows_ge_98", "win>=98%"),
-                 ("perf_per_gpu", "util/s/GPU"), ("p50_latency_s", "p50 s"),
-                 ("p99_latency_s", "p99 s"), ("rejected_frac", "rejected"))
-
-
-def format_table(rows: dict) -> str:
-  """A fixed-width table of the headline metrics, one row per policy."""
-  fmt = lambda v: "-" if v is None else f"{v:.4f}"
-  width = max(len(k) for k in list(rows) + ["policy"]) + 2
-  lines = ["policy".ljust(width) + "".join(short.rjust(11) for _, short in TABLE_COLUMNS)]
-  for name, m in rows.items():
-    lines.append(name.ljust(width) + "".join(fmt(m[key]).rjust(11) for key, _ in TABLE_COLUMNS))
-  return "\n".join(lines)
 
 
 def main(argv):

@@ -32,7 +32,7 @@ def serving_config_from(env_cfg: ml_collections.ConfigDict, num_tasks: int) -> S
 
 def env_from_config(config: ml_collections.ConfigDict, episode_len: int | None = None,
                     record: bool = False, profile: Profile | None = None, workload=None,
-                    ) -> tuple[ServingEnv, EnvParams, Profile]:
+                    credit: bool = False) -> tuple[ServingEnv, EnvParams, Profile]:
   """The environment a config describes (episode length from `config.env.episode_len`);
   `profile` and `workload`, when given, replace the ones the config describes."""
   profile = profile or profile_from_config(config)
@@ -41,5 +41,5 @@ def env_from_config(config: ml_collections.ConfigDict, episode_len: int | None =
     workload = workload_from_config(config.workload, profile.tasks)
   env, params = make_env(profile, serving, workload,
                          episode_len=episode_len or int(config.env.episode_len), record=record,
-                         rate_ema_alpha=float(config.env.rate_ema_alpha))
+                         rate_ema_alpha=float(config.env.rate_ema_alpha), credit=credit)
   return env, params, profile

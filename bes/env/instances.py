@@ -73,9 +73,11 @@ class GroupState:
     return self.entries["seq"].shape[-1] - self.queue_capacity
 
 
-def init_group(instances: int, max_batch: int, queue_capacity: int, record: bool) -> GroupState:
-  """All instances idle and empty (every entry free: seq -1 < admitted 0, finish 0 <= iters 0)."""
-  fields = TRAIN_FIELDS + (RECORD_FIELDS if record else ())
+def init_group(instances: int, max_batch: int, queue_capacity: int, record: bool,
+               credit: bool = False) -> GroupState:
+  """All instances idle and empty (every entry free: seq -1 < admitted 0, finish 0 <= iters 0).
+  `record` keeps each request's arrival and episode index, `credit` only its index."""
+  fields = TRAIN_FIELDS + (RECORD_FIELDS if record else ("req",) if credit else ())
   shape = (instances, max_batch + queue_capacity)
   zi = jnp.zeros((instances,), jnp.int32)
   entries = {f: jnp.zeros(shape, jnp.float32 if f == "quality" else jnp.int32) for f in fields}
@@ -92,7 +94,8 @@ def load(gs: GroupState) -> jnp.ndarray:
 @struct.dataclass
 class Completions:
   """Requests finishing in one pass, arrays [I, E]: `done` mask, `late_us` = completion -
-  deadline (<= 0 when on time), `quality`, and with recording `latency_us` and `req`."""
+  deadline (<= 0 when on time), `quality`, with recording `latency_us`, and with recording or
+  credit `req` (the request's index in the episode)."""
   done: jnp.ndarray
   late_us: jnp.ndarray
   quality: jnp.ndarray
@@ -133,10 +136,9 @@ def advance_pass(gs: GroupState, gp: GroupParams, until: jnp.ndarray, drain: jnp
   was_running = admitted_before & (left + live[:, None] > 0)
   done = was_running & live[:, None] & (left == 0)
   still = was_running & (left > 0)
-  record = "req" in e
   completions = Completions(
       done=done, late_us=end[:, None] - e["deadline"], quality=e["quality"],
-      latency_us=end[:, None] - e["arrival"] if record else None, req=e["req"] if record else None)
+      latency_us=end[:, None] - e["arrival"] if "arrival" in e else None, req=e.get("req"))
   # The next iteration starts now: FIFO admission while there is room.
   room = gs.max_batch - still.sum(-1, dtype=jnp.int32)
   n_admit = jnp.where(live, jnp.minimum(gs.joined - gs.admitted, room), 0)

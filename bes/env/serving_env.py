@@ -110,6 +110,9 @@ class ServingEnv:
     queue_capacity: waiting slots per instance.
     episode_len: requests per episode.
     record: keep per-request `Outcomes` in the state (evaluation, checks); off for training.
+    credit: report, in `step_async`'s info["credit"], each completed request's episode index
+      and utility, so a learner can credit a request's utility to the decision that routed
+      it (needs a bounded `max_passes`).
   """
   instances: tuple[int, ...]
   max_batch: tuple[int, ...]
@@ -117,6 +120,7 @@ class ServingEnv:
   queue_capacity: int
   episode_len: int
   record: bool = False
+  credit: bool = False
 
   @property
   def num_models(self) -> int:
@@ -129,7 +133,7 @@ class ServingEnv:
   # ----------------------------------------------------------------------------- reset / step
   def reset(self, key: jax.Array, params: EnvParams):
     """Empty instances; the first request of an episode arrives. Returns (obs, state)."""
-    groups = tuple(inst.init_group(i, b, self.queue_capacity, self.record)
+    groups = tuple(inst.init_group(i, b, self.queue_capacity, self.record, self.credit)
                    for i, b in zip(self.instances, self.max_batch))
     k_init, k_next = jax.random.split(key)
     wstate = params.workload.init(k_init)
@@ -161,15 +165,22 @@ class ServingEnv:
     info): `decided` is True when the environment reached its next arrival in this call,
     and only then are `obs`, `reward` and `done` those of the decision's transition
     (otherwise reward and done are 0/False). `max_passes=None` runs to completion (`step`).
+    With `credit`, info["credit"] = (req int32 [K], utility float32 [K], done bool [K]):
+    every entry the call's passes looked at (K = max_passes * sum_m I_m * E_m), `done`
+    where it completed in this call, with its episode index and utility.
     """
+    if self.credit and max_passes is None:
+      raise ValueError("ServingEnv(credit=True) needs step_async with an integer max_passes")
     state, rejected, instance = self._route(key, state, jnp.asarray(action, jnp.int32), params)
-    state = self._advance(state, params, max_passes)
+    state, credit = self._advance(state, params, max_passes)
     decided = ~self._pending(state)
     done = decided & (state.index == self.episode_len - 1)
     reward = jnp.where(decided, state.reward, 0.0)
     info = dict(rejected=rejected, instance=instance,
                 completed=jnp.where(decided, state.completed, 0),
                 on_time=jnp.where(decided, state.on_time, 0))
+    if self.credit:
+      info["credit"] = credit
     state = self._next_decision(state, decided, done, params)
     return self.observe(state, params), state, reward, done, decided, info
 
@@ -220,9 +231,9 @@ class ServingEnv:
     """Processes iteration ends <= state.until (all of them on an episode's last request),
     at most `max_passes` per group; accumulates the utilities of completed requests."""
     until, drain = state.until, state.index == self.episode_len - 1
-    groups = []
+    groups, credit = [], []
     for gs, gp in zip(state.groups, params.groups):
-      def body(carry, gp=gp):
+      def body(carry, gp=gp, credit=credit):
         gs, state = carry
         gs, c = inst.advance_pass(gs, gp, until, drain)
         utility = self._utility(c, params)
@@ -230,6 +241,8 @@ class ServingEnv:
         state = state.replace(reward=state.reward + jnp.where(c.done, utility, 0.0).sum(),
                               completed=state.completed + c.done.sum(dtype=jnp.int32),
                               on_time=state.on_time + on_time.sum(dtype=jnp.int32))
+        if self.credit and max_passes is not None:
+          credit.append((c.req.reshape(-1), utility.reshape(-1), c.done.reshape(-1)))
         if self.record:
           rows = jnp.where(c.done, c.req, self.episode_len).reshape(-1)   # out of range: dropped
           put = lambda x, v: x.at[rows].set(v.reshape(-1), mode="drop")
@@ -248,7 +261,9 @@ class ServingEnv:
           carry = body(carry)
       gs, state = carry
       groups.append(gs)
-    return state.replace(groups=tuple(groups))
+    if credit:
+      credit = tuple(jnp.concatenate(x) for x in zip(*credit))
+    return state.replace(groups=tuple(groups)), credit
 
   def _next_decision(self, state: EnvState, decided, done, params: EnvParams) -> EnvState:
     """When the next arrival is reached it becomes the current request. After an episode's
@@ -305,7 +320,7 @@ def _update_gap_ema(ema_s, gap_us, alpha):
 
 # --------------------------------------------------------------------------------- builders
 def make_env(profile, config: ServingConfig, workload, episode_len: int, record: bool = False,
-             rate_ema_alpha: float = 0.1) -> tuple[ServingEnv, EnvParams]:
+             rate_ema_alpha: float = 0.1, credit: bool = False) -> tuple[ServingEnv, EnvParams]:
   """The environment and its parameters for a profile, a serving config and a workload."""
   num_tasks = len(profile.tasks)
   config.validate(num_tasks)
@@ -316,7 +331,7 @@ def make_env(profile, config: ServingConfig, workload, episode_len: int, record:
   env = ServingEnv(instances=tuple(m.instances for m in profile.models),
                    max_batch=tuple(m.max_batch for m in profile.models), num_tasks=num_tasks,
                    queue_capacity=int(config.queue_capacity), episode_len=int(episode_len),
-                   record=record)
+                   record=record, credit=credit)
   params = EnvParams(
       groups=tuple(group_params(m) for m in profile.models),
       quality=jnp.asarray(profile.quality_matrix(), jnp.float32),

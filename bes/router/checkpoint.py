@@ -1,0 +1,79 @@
+"""Orbax checkpoints of a training run: the whole learner state, the policy parameters and
+the full config, so that a run resumes exactly and a trained router loads on its own.
+
+Layout: `<workdir>/checkpoints/<chunk>/{state,params,config,progress}` (an orbax
+CheckpointManager; the step is the number of chunks done). `params` repeats the online
+network parameters (stacked over seeds) so that evaluation restores them without building
+the training environments; `progress` holds the wall-clock seconds spent so far.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+
+def manager(workdir: str, keep: int = 2) -> ocp.CheckpointManager:
+  path = os.path.join(os.path.abspath(workdir), "checkpoints")
+  return ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
+      max_to_keep=max(1, int(keep)), create=True))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, config: ml_collections.ConfigDict,
+         progress: dict) -> None:
+  """Saves the learner state (any pytree), its params, the config and `progress` (JSON)."""
+  mngr.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), params=ocp.args.StandardSave(state.params),
+      config=ocp.args.JsonSave(config.to_dict()), progress=ocp.args.JsonSave(progress)))
+  mngr.wait_until_finished()
+
+
+def _abstract(tree):
+  return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def restore_state(mngr: ocp.CheckpointManager, step: int, like):
+  """The learner state of `step`, shaped like `like` (a state or its eval_shape), and the
+  saved progress dict."""
+  got = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(_abstract(like)), progress=ocp.args.JsonRestore()))
+  return got.state, got.progress
+
+
+def read_config(workdir: str) -> tuple[ml_collections.ConfigDict, int]:
+  """The config saved with the latest checkpoint of `workdir`, and that checkpoint's step."""
+  mngr = manager(workdir)
+  step = mngr.latest_step()
+  if step is None:
+    raise ValueError(f"--workdir={workdir}: no checkpoint under {workdir}/checkpoints "
+                     f"(train first with launch/train.py --workdir={workdir})")
+  got = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+  return ml_collections.ConfigDict(got.config, type_safe=False), step
+
+
+def restore_params(workdir: str, step: int, like):
+  """The online network parameters (stacked over seeds) of checkpoint `step`."""
+  got = manager(workdir).restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(_abstract(like))))
+  return got.params
+
+
+def load_policies(workdir: str):
+  """The trained router of `workdir`'s latest checkpoint: (config, [LearnedPolicy per seed])."""
+  import jax.numpy as jnp
+  from bes.env import config as env_config
+  from bes.router.policy import LearnedPolicy
+  from bes.router.qnetwork import make_qnetwork
+
+  config, step = read_config(workdir)
+  profile = env_config.profile_from_config(config)
+  network = make_qnetwork(len(profile.models), len(profile.tasks), config.dqn)
+  obs = jnp.zeros((1, len(profile.tasks) + len(profile.models) + 1), jnp.float32)
+  keys = jax.random.split(jax.random.PRNGKey(0), int(config.num_seeds))
+  like = jax.eval_shape(jax.vmap(lambda k: network.init(k, obs)), keys)
+  params = restore_params(workdir, step, like)
+  seeds = [LearnedPolicy(params=jax.tree_util.tree_map(lambda x, s=s: x[s], params), network=network)
+           for s in range(int(config.num_seeds))]
+  return config, seeds

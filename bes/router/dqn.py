@@ -1,0 +1,269 @@
+"""Double DQN against the vectorised serving environment, as one jitted program.
+
+`make_train(config, env, env_params, eval_env, eval_params)` returns a `Trainer` of pure
+functions in the shape PureJaxRL popularised, structured like Stoix's `ff_ddqn`:
+  init(key) -> LearnerState                    one seed: network, optimiser, replay, envs
+  chunk(state) -> (state, ChunkStats)          `lax.scan` over `config.train.chunk_iterations`
+  evaluate(state, key) -> EvalStats            greedy policy on the evaluation environment
+  train(key) -> (state, ChunkStats per chunk)  everything at once (a scan over chunks)
+Each is written for one seed; `jax.vmap` runs several seeds in one call (`launch/train.py`
+jits `vmap(chunk)` and drives the chunks from Python, evaluating and checkpointing between
+them).
+
+One iteration: every parallel environment is offered an epsilon-greedy action from the
+online network; `step_async` runs at most `max_passes` event passes per model group, so
+environments move on their own clocks. An environment that was ready at the start of the
+call used the action; when it reaches its next arrival (`decided`), the transition (observation
+and action at routing, the reward, the next observation, done) enters its replay ring. The
+reward (`config.dqn.credit`) is either the environment's step reward ('step': utilities of
+the requests that finished during the step, mostly other requests' than the one routed) or
+the routed request's own utility ('request', the default), added to its transition when the
+request completes; both sum to the same total over an episode, but crediting each request
+to its own decision removes most of the noise from the action's return.
+Then `updates_per_iteration` gradient steps on n-step Double-DQN targets (online network
+chooses, target network evaluates), Huber loss, Adam with global-norm clipping, and a
+periodic or Polyak target update.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bes.env.serving_env import EnvParams, ServingEnv
+from bes.router import losses, replay as replay_lib
+from bes.router.qnetwork import QNetwork, make_qnetwork
+
+TARGET_UPDATES = ("periodic", "polyak")
+CREDITS = ("request", "step")
+
+
+class Envs(NamedTuple):
+  """The parallel training environments (leading axis E) and the decision each one waits on."""
+  state: Any                     # EnvState [E]
+  obs: jnp.ndarray               # float32 [E, D], latest observation
+  pending_obs: jnp.ndarray       # float32 [E, D], observation at the routing in flight
+  pending_action: jnp.ndarray    # int32 [E], action of the routing in flight
+  pending_index: jnp.ndarray     # int32 [E], its request's index in the episode
+  pending_reward: jnp.ndarray    # float32 [E], its request's utility so far (credit mode)
+  pending_resolved: jnp.ndarray  # bool [E], whether that utility is final (credit mode)
+  episode_base: jnp.ndarray      # int32 [E], replay index of the episode's first transition
+
+
+class LearnerState(NamedTuple):
+  """Everything a seed's training needs to continue exactly (checkpointed whole)."""
+  params: Any
+  target_params: Any
+  opt_state: Any
+  replay: replay_lib.Replay
+  envs: Envs
+  key: jax.Array                 # uint32 [2]
+  iteration: jnp.ndarray         # int32, iterations done
+  updates: jnp.ndarray           # int32, gradient steps done
+
+
+class ChunkStats(NamedTuple):
+  """Sums over one chunk (all environments): decisions, reward, on-time completions,
+  completions and rejections; means of the loss, Q-value and epsilon."""
+  decisions: jnp.ndarray
+  reward: jnp.ndarray
+  on_time: jnp.ndarray
+  completed: jnp.ndarray
+  rejected: jnp.ndarray
+  loss: jnp.ndarray
+  q_mean: jnp.ndarray
+  epsilon: jnp.ndarray
+
+
+class EvalStats(NamedTuple):
+  """Greedy evaluation over whole episodes (drained): per-request means."""
+  mean_utility: jnp.ndarray
+  availability: jnp.ndarray
+  rejected_frac: jnp.ndarray
+
+
+class Trainer(NamedTuple):
+  network: QNetwork
+  init: Callable
+  chunk: Callable
+  evaluate: Callable
+  train: Callable
+  num_chunks: int
+
+
+def _check(config) -> None:
+  d, t = config.dqn, config.train
+  positive = dict(num_envs=d.num_envs, batch_size=d.batch_size, replay_capacity=d.replay_capacity,
+                  n_step=d.n_step, max_passes=d.max_passes, num_iterations=d.num_iterations,
+                  updates_per_iteration=d.updates_per_iteration, target_period=d.target_period)
+  for name, value in positive.items():
+    if int(value) < 1:
+      raise ValueError(f"config.dqn.{name}: expected an integer >= 1, got {value!r}")
+  if int(t.chunk_iterations) < 1 or int(d.num_iterations) % int(t.chunk_iterations):
+    raise ValueError(f"config.train.chunk_iterations: expected a divisor of config.dqn."
+                     f"num_iterations={d.num_iterations}, got {t.chunk_iterations!r}")
+  if int(d.n_step) > int(d.replay_capacity):
+    raise ValueError(f"config.dqn.n_step={d.n_step} exceeds config.dqn.replay_capacity="
+                     f"{d.replay_capacity}")
+  if not 0.0 <= float(d.gamma) <= 1.0:
+    raise ValueError(f"config.dqn.gamma: expected a discount in [0, 1], got {d.gamma!r}")
+  if d.target_update not in TARGET_UPDATES:
+    raise ValueError(f"config.dqn.target_update: expected one of {TARGET_UPDATES}, "
+                     f"got {d.target_update!r}")
+  for name in ("eps_start", "eps_end", "eps_decay_frac", "polyak_tau"):
+    if not 0.0 <= float(d[name]) <= 1.0:
+      raise ValueError(f"config.dqn.{name}: expected a value in [0, 1], got {d[name]!r}")
+  if d.credit not in CREDITS:
+    raise ValueError(f"config.dqn.credit: expected one of {CREDITS}, got {d.credit!r}")
+  if not float(d.learning_rate) > 0:
+    raise ValueError(f"config.dqn.learning_rate: expected > 0, got {d.learning_rate!r}")
+
+
+def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: ServingEnv,
+               eval_params: EnvParams, params_batched: bool = False) -> Trainer:
+  """The training functions for `config.dqn` / `config.train` (module docstring).
+
+  `env_params` is one EnvParams shared by the E training environments, or (with
+  `params_batched`) a stack of E of them (e.g. one arrival rate each). `eval_env` must have
+  `record=False`; its episodes are evaluated whole (`eval_env.episode_len` decisions).
+  """
+  _check(config)
+  d = config.dqn
+  num_envs, num_actions = int(d.num_envs), env.num_models
+  n_step, gamma, batch_size = int(d.n_step), float(d.gamma), int(d.batch_size)
+  chunk_len = int(config.train.chunk_iterations)
+  num_iterations = int(d.num_iterations)
+  network = make_qnetwork(num_actions, env.num_tasks, d)
+  optimiser = optax.chain(optax.clip_by_global_norm(float(d.max_grad_norm)),
+                          optax.adam(float(d.learning_rate)))
+  epsilon = optax.linear_schedule(float(d.eps_start), float(d.eps_end),
+                                  max(1, int(float(d.eps_decay_frac) * num_iterations)))
+  learning_starts = int(d.learning_starts)
+  credit_requests = d.credit == "request"
+  if credit_requests != env.credit:
+    raise ValueError(f"config.dqn.credit={d.credit!r} needs an environment built with "
+                     f"credit={credit_requests} (bes.env.config.env_from_config(..., credit=...))")
+  params_axis = 0 if params_batched else None
+  v_reset = jax.vmap(env.reset, in_axes=(0, params_axis))
+  v_step = jax.vmap(env.step_async, in_axes=(0, 0, 0, params_axis, None))
+
+  def init(key: jax.Array) -> LearnerState:
+    k_net, k_env, k_run = jax.random.split(key, 3)
+    obs, state = v_reset(jax.random.split(k_env, num_envs), env_params)
+    params = network.init(k_net, obs[:1])
+    zeros = jnp.zeros(num_envs, jnp.int32)
+    envs = Envs(state=state, obs=obs, pending_obs=obs, pending_action=zeros, pending_index=zeros,
+                pending_reward=jnp.zeros(num_envs, jnp.float32),
+                pending_resolved=jnp.zeros(num_envs, bool), episode_base=zeros)
+    return LearnerState(params=params, target_params=params, opt_state=optimiser.init(params),
+                        replay=replay_lib.init(num_envs, int(d.replay_capacity), env.obs_size),
+                        envs=envs, key=k_run, iteration=jnp.int32(0), updates=jnp.int32(0))
+
+  def loss_fn(params, target_params, batch: replay_lib.Batch):
+    q_tm1 = network.apply(params, batch.obs)
+    q_t_selector = network.apply(params, batch.next_obs)
+    q_t_value = network.apply(target_params, batch.next_obs)
+    td = jax.vmap(losses.double_q_learning)(q_tm1, batch.action, batch.ret * float(d.reward_scale),
+                                            batch.discount, q_t_value, q_t_selector)
+    loss = jnp.sum(batch.weight * losses.huber(td, float(d.huber_delta)))
+    return loss / jnp.maximum(batch.weight.sum(), 1.0), jnp.mean(q_tm1)
+
+  def gradient_step(replay, carry, key):
+    params, target_params, opt_state, updates = carry
+    batch = replay_lib.sample(replay, key, batch_size, n_step, gamma)
+    (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, target_params, batch)
+    step, opt_state = optimiser.update(grads, opt_state, params)
+    params = optax.apply_updates(params, step)
+    updates = updates + 1
+    if d.target_update == "polyak":
+      target_params = optax.incremental_update(params, target_params, float(d.polyak_tau))
+    else:
+      target_params = jax.tree_util.tree_map(
+          lambda p, t: jnp.where(updates % int(d.target_period) == 0, p, t), params, target_params)
+    return (params, target_params, opt_state, updates), (loss, q_mean)
+
+  def learn(ls: LearnerState, key):
+    carry = (ls.params, ls.target_params, ls.opt_state, ls.updates)
+    carry, (loss, q_mean) = jax.lax.scan(lambda c, k: gradient_step(ls.replay, c, k), carry,
+                                         jax.random.split(key, int(d.updates_per_iteration)))
+    params, target_params, opt_state, updates = carry
+    return ls._replace(params=params, target_params=target_params, opt_state=opt_state,
+                       updates=updates), loss.mean(), q_mean.mean()
+
+  def iteration(ls: LearnerState, _):
+    key, k_explore, k_random, k_step, k_learn = jax.random.split(ls.key, 5)
+    envs = ls.envs
+    eps = epsilon(ls.iteration)
+    greedy = jnp.argmax(network.apply(ls.params, envs.obs), axis=-1).astype(jnp.int32)
+    random_action = jax.random.randint(k_random, (num_envs,), 0, num_actions, jnp.int32)
+    explore = jax.random.uniform(k_explore, (num_envs,)) < eps
+    action = jnp.where(explore, random_action, greedy)
+    ready = envs.state.ready
+    pending = envs._replace(
+        pending_obs=jnp.where(ready[:, None], envs.obs, envs.pending_obs),
+        pending_action=jnp.where(ready, action, envs.pending_action),
+        pending_index=jnp.where(ready, envs.state.index, envs.pending_index))
+    obs, state, step_reward, done, decided, info = v_step(
+        jax.random.split(k_step, num_envs), envs.state, action, env_params, int(d.max_passes))
+    reward = step_reward
+    if credit_requests:
+      replay, pending = _credit(ls.replay, pending, ready, info, decided)
+      reward, resolved = pending.pending_reward, pending.pending_resolved
+    else:
+      replay, resolved = ls.replay, None
+    replay = replay_lib.add(replay, pending.pending_obs, pending.pending_action, reward, done, obs,
+                            decided, resolved)
+    base = jnp.where(decided & done, replay.count, pending.episode_base)
+    ls = ls._replace(replay=replay, key=key,
+                     envs=pending._replace(state=state, obs=obs, episode_base=base))
+    go = (ls.iteration >= learning_starts) & replay_lib.can_sample(replay, n_step)
+    skip = lambda ls, k: (ls, jnp.float32(0), jnp.float32(0))
+    ls, loss, q_mean = jax.lax.cond(go, learn, skip, ls, k_learn)
+    ls = ls._replace(iteration=ls.iteration + 1)
+    stats = ChunkStats(decisions=decided.sum(dtype=jnp.int32), reward=step_reward.sum(),
+                       on_time=info["on_time"].sum(), completed=info["completed"].sum(),
+                       rejected=(info["rejected"]).sum(dtype=jnp.int32), loss=loss,
+                       q_mean=q_mean, epsilon=eps)
+    return ls, stats
+
+  def _credit(replay, envs: Envs, ready, info, decided):
+    """Credit to requests: the utility of each request completed in this call goes to the
+    transition that routed it: the one in flight (kept pending until the next arrival) or an
+    earlier one of this episode, already in the replay ring. A rejection's penalty is
+    known at once."""
+    penalty = jnp.broadcast_to(-env_params.miss_penalty, (num_envs,))
+    rejected = ready & info["rejected"]
+    req, utility, completed = info["credit"]                        # [E, K]
+    own = completed & (req == envs.pending_index[:, None])
+    reward = jnp.where(ready, 0.0, envs.pending_reward) + jnp.where(rejected, penalty, 0.0)
+    reward = reward + jnp.where(own, utility, 0.0).sum(-1)
+    resolved = (jnp.where(ready, False, envs.pending_resolved) | rejected | own.any(-1))
+    replay = replay_lib.credit(replay, envs.episode_base[:, None] + req, utility, completed & ~own)
+    return replay, envs._replace(pending_reward=reward, pending_resolved=resolved)
+
+  def chunk(ls: LearnerState):
+    ls, stats = jax.lax.scan(iteration, ls, None, length=chunk_len)
+    sums = ChunkStats(*(x.sum() for x in stats[:5]), *(x.mean() for x in stats[5:]))
+    return ls, sums
+
+  def evaluate(ls: LearnerState, key: jax.Array, num_episodes: int = 4) -> EvalStats:
+    """Greedy routing over `num_episodes` whole evaluation episodes (one decision per step)."""
+    from bes.env import rollout as rollout_lib
+    from bes.router.policy import LearnedPolicy
+    policy = LearnedPolicy(params=ls.params, network=network)
+    run = lambda k: rollout_lib.rollout(eval_env, eval_params, policy, k, eval_env.episode_len)[1]
+    traj = jax.vmap(run)(jax.random.split(key, num_episodes))
+    n = num_episodes * eval_env.episode_len
+    return EvalStats(mean_utility=traj["reward"].sum() / n, availability=traj["on_time"].sum() / n,
+                     rejected_frac=traj["rejected"].sum() / n)
+
+  num_chunks = num_iterations // chunk_len
+
+  def train(key: jax.Array):
+    ls = init(key)
+    return jax.lax.scan(lambda ls, _: chunk(ls), ls, None, length=num_chunks)
+
+  return Trainer(network=network, init=init, chunk=chunk, evaluate=evaluate, train=train,
+                 num_chunks=num_chunks)

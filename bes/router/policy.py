@@ -1,0 +1,28 @@
+"""The learned router behind the common policy interface (`bes/policies.py`)."""
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+from flax import struct
+
+from bes.router.qnetwork import QNetwork
+
+
+@struct.dataclass
+class LearnedPolicy:
+  """Greedy routing by a Q-network: `policy(key, obs, state)` -> argmax_a Q(obs, a), int32.
+
+  `params` is the network's parameter pytree (a leaf stack of several seeds vmaps); the
+  network (its shape) is static.
+  """
+  params: Any
+  network: QNetwork = struct.field(pytree_node=False)
+
+  def __call__(self, key, obs, state) -> jnp.ndarray:
+    del key, state
+    return jnp.argmax(self.network.apply(self.params, obs), axis=-1).astype(jnp.int32)
+
+  def q_values(self, obs) -> jnp.ndarray:
+    """Q-values float32 [..., num_models] for observations [..., T + M + 1]."""
+    return self.network.apply(self.params, obs)

@@ -1,0 +1,64 @@
+r"""Trains the learned router (Double DQN) and evaluates it against the baselines.
+
+Trains `config.num_seeds` seeds together (vmapped) in scanned chunks; after each chunk it
+evaluates the greedy policy, appends to `WORKDIR/metrics.csv`, logs a line and writes an
+orbax checkpoint (learner state + full config). Run the same command again to resume an
+interrupted run: it continues from the last checkpoint and ends with the same result.
+Then it tunes the hand-written heuristics on the same workload (`WORKDIR/heuristics.json`),
+evaluates everything on one request stream (`WORKDIR/eval/metrics.json`) and prints the table.
+
+  python launch/train.py --workdir=runs/router
+  python launch/train.py --config=configs/default.py --workdir=runs/r --config.num_seeds=3 \
+      --config.workload.kind=poisson --config.workload.rate=40 --config.env.reward=soft
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bes import evaluation  # noqa: E402
+from bes.router import eval_lib, train_lib  # noqa: E402
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "configs", "default.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.",
+                               required=True)
+_EVAL = flags.DEFINE_bool("eval", True, "Evaluate against the baselines after training.")
+_DEPLOYMENTS = flags.DEFINE_string(
+    "deployments", "", "Also evaluate static single-model deployments, e.g. 'opt-6.7b:4,opt-6.7b:8'.")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)   # orbax logs every save and restore at INFO
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  try:
+    start = time.time()
+    train_lib.train(config, workdir)
+    print(f"trained in {time.time() - start:.1f} s; checkpoints in {workdir}/checkpoints", flush=True)
+    if not _EVAL.value:
+      return
+    if config.train.tune_heuristics and not os.path.exists(
+        os.path.join(workdir, eval_lib.HEURISTICS_FILE)):
+      eval_lib.tune_heuristics(config, workdir)
+    result = eval_lib.evaluate_workdir(workdir, os.path.join(workdir, "eval"),
+                                       deployments=_DEPLOYMENTS.value)
+  except ValueError as e:
+    sys.exit(f"train.py: error: {e}")
+  report = (f"{result['num_requests']} requests ({config.workload.kind}, rate "
+            f"{config.workload.rate}), peak = {result['peak']:.4f}\n"
+            f"{evaluation.format_table(result['policies'])}\n")
+  with open(os.path.join(workdir, "eval", "table.txt"), "w") as f:
+    f.write(f"$ python {' '.join(sys.argv)}\n\n{report}")
+  print("\n" + report)
+
+
+if __name__ == "__main__":
+  app.run(main)
