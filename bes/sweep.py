@@ -327,6 +327,7 @@ def plot(agg: Sequence[Mapping[str, Any]], path: str, x: str, y: str, log_x: boo
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker  # pylint: disable=g-import-not-at-top
   others = [k for k in _point_keys(agg) if k != x]
   lines: dict[str, list] = {}
   for r in agg:
@@ -342,6 +343,7 @@ def plot(agg: Sequence[Mapping[str, Any]], path: str, x: str, y: str, log_x: boo
                 marker="o", capsize=3, label=label)
   if log_x:
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
   ax.set(xlabel=_short(x), ylabel=y, title=title)
   ax.grid(True, alpha=0.3)
   if lines:

@@ -14,8 +14,8 @@ step runs once and is reused by every point that expands it to the same command.
 that succeeds leaves a marker holding its command line; a point whose steps all succeeded
 and whose metrics file parses gets a `done` marker. On a re-run, a point whose `done` marker holds the same commands is skipped, a step
 whose marker holds the same command is skipped (changed commands re-run); deleting a
-point's directory re-runs it. A failing point is appended to DIR/failed.txt with its log's
-tail and the sweep goes on; the exit status is 1 if any point failed.
+point's directory re-runs it. A failing point is appended to DIR/failed.txt (this run's
+failures) with its log's tail and the sweep goes on; the exit status is 1 if any failed.
 
 Outputs: DIR/rows.jsonl (one row per point x policy), DIR/table.csv and DIR/table.md
 (means and sample stds over config.seed when the grid has it; `bes.sweep.aggregate`),
@@ -67,6 +67,7 @@ class StepSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
+  """A validated sweep file (fields: configs/sweeps/__init__.py)."""
   name: str
   path: str
   base: str
@@ -90,6 +91,7 @@ class Step:
 
 @dataclasses.dataclass(frozen=True)
 class PointPlan:
+  """One point: its overrides, directory, metrics file and expanded steps."""
   name: str
   point: dict
   point_dir: str
@@ -250,7 +252,7 @@ def plan_sweep(spec: Spec, out: str) -> list[PointPlan]:
       fields["steps"][s.name] = home
       steps.append(Step(s.name, argv, home, marker, os.path.join(home, "log.txt"),
                         not s.per_point))
-    metrics_path = spec.metrics_from.format(**fields)
+    metrics_path = os.path.join(ROOT, spec.metrics_from.format(**fields))
     plans.append(PointPlan(name, point, point_dir, metrics_path, tuple(steps)))
   return plans
 
@@ -334,9 +336,14 @@ def read_rows(plan):
   return hyper.rows_from_metrics(plan.point, data, where=plan.metrics_path)
 
 
-def run_point(plan, failed_steps: dict) -> str | None:
-  """Runs a point's steps that are not done; returns None or an error report."""
+def run_point(plan, failed_steps: dict, retry: bool = True) -> str | None:
+  """Runs a point's steps that are not done; returns None or an error report.
+
+  If every step was already done but the metrics file is unusable (its outputs were
+  deleted), the point's own (not shared) steps run once more.
+  """
   os.makedirs(plan.point_dir, exist_ok=True)
+  ran = False
   for step in plan.steps:
     key = tuple(step.argv)
     if key in failed_steps:
@@ -344,7 +351,7 @@ def run_point(plan, failed_steps: dict) -> str | None:
     if step_done(step):
       print(f"    {step.name}: done, skipped", flush=True)
       continue
-    start = time.time()
+    start, ran = time.time(), True
     rc = run_step(step)
     print(f"    {step.name}: exit {rc} ({time.time() - start:.1f} s)", flush=True)
     if rc != 0:
@@ -356,7 +363,12 @@ def run_point(plan, failed_steps: dict) -> str | None:
   try:
     read_rows(plan)
   except ValueError as e:
-    return f"metrics: {e}"
+    if ran or not retry:
+      return f"metrics: {e}"
+    for step in plan.steps:
+      if not step.shared and os.path.exists(step.marker):
+        os.remove(step.marker)
+    return run_point(plan, failed_steps, retry=False)
   _write_json(os.path.join(plan.point_dir, "done"), {"steps": [s.argv for s in plan.steps]})
   return None
 

@@ -267,6 +267,12 @@ def test_launcher_shares_steps_records_failures_and_reruns_deleted_points(tmp_pa
   assert (out / "points" / "seed-0_workload.rate-2" / "runs.txt").read_text() == "x"
   assert len((out / "rows.jsonl").read_text().splitlines()) == 6   # all points aggregated
 
+  (out / "points" / "seed-1_workload.rate-1" / "metrics.json").unlink()   # outputs lost:
+  r = launch("--only=seed-1_workload.rate-1")                  # its own steps run again
+  assert r.returncode == 0, r.stdout + r.stderr
+  assert (out / "points" / "seed-1_workload.rate-1" / "runs.txt").read_text() == "xx"
+  assert (out / "shared" / "train" / "seed-1" / "count.txt").read_text() == "x"
+
   r = launch("--only=rate-9")
   assert r.returncode != 0 and "matches none" in r.stderr
 

@@ -12,7 +12,7 @@ from bes.sweep import product, sweep
 RATES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)   # requests per second
 SEEDS = (0, 1, 2)
 POLICIES = ("static:opt-125m", "static:opt-1.3b", "static:opt-6.7b")
-NUM_REQUESTS = 4000
+NUM_REQUESTS = 10000
 
 
 def get_sweep() -> ml_collections.ConfigDict:
