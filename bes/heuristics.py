@@ -33,6 +33,7 @@ from bes.workloads import sample
 HEURISTICS = ("deadline_greedy", "load_threshold")
 DEFAULT_SLACKS = (0.75, 1.0, 1.1, 1.25, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0)
 DEFAULT_TURNOVERS = (0.0, 1.0)
+DEFAULT_DUMPS = (0.0, 1.0)
 DEFAULT_LEVELS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0)
 MAX_CANDIDATES = 4096
 _NEVER = jnp.float32(1e30)  # predicted latency (us) of a request the model would reject
@@ -56,8 +57,12 @@ class DeadlineGreedy:
   is the request's position in the queue (the wait for q of B slots, which free at B / n
   per iteration); infinite when i's queue is full (rejection). The deadline is
   deadline_us[t] + deadline_per_token_us * n. Among the models with slack * latency <=
-  deadline the one with the highest quality[m, t] wins (ties: lowest index); if none is on
-  time, the one with the lowest predicted latency.
+  deadline the one with the highest quality[m, t] wins (ties: lowest index). If none is on
+  time: with dump = 0 the one with the lowest predicted latency (the brief's rule); with
+  dump = 1 the one with the highest (a full queue, i.e. a rejection, first), so that a
+  request predicted late does not delay, in the queues of the other models, the requests
+  that can still be on time (under hard deadlines a late request earns what a rejected one
+  does).
 
   Attributes (times in microseconds, float32):
     decode_us: [M, Bmax + 1] decode iteration time per batch size (index 0 unused; rows
@@ -67,6 +72,7 @@ class DeadlineGreedy:
     mean_output_len, mean_prompt_len: scalars, tokens (the workload's means, knobs).
     slack: scalar >= 0, safety factor on the prediction (knob).
     turnover: scalar in [0, 1], weight of the steady-state prefill interference (knob).
+    dump: scalar, 0 or 1: where a request no model can serve on time goes (knob).
   """
   decode_us: jnp.ndarray
   prefill_fixed_us: jnp.ndarray
@@ -78,6 +84,7 @@ class DeadlineGreedy:
   mean_prompt_len: jnp.ndarray
   slack: jnp.ndarray
   turnover: jnp.ndarray
+  dump: jnp.ndarray
 
   def predict_us(self, state) -> jnp.ndarray:
     """Predicted latency of the current request on each model, float32 [M] (us)."""
@@ -107,7 +114,8 @@ class DeadlineGreedy:
     deadline = self.deadline_us[task] + self.deadline_per_token_us * self.mean_output_len
     on_time = self.slack * latency <= deadline
     best = jnp.argmax(jnp.where(on_time, self.quality[:, task], -jnp.inf))
-    return jnp.where(jnp.any(on_time), best, jnp.argmin(latency)).astype(jnp.int32)
+    late = jnp.where(self.dump > 0.5, jnp.argmax(latency), jnp.argmin(latency))
+    return jnp.where(jnp.any(on_time), best, late).astype(jnp.int32)
 
 
 @struct.dataclass
@@ -145,10 +153,12 @@ def _positive(value, name: str, strict: bool = True) -> float:
 
 
 def deadline_greedy(params: EnvParams, mean_output_len: float, mean_prompt_len: float,
-                    slack: float = 1.0, turnover: float = 1.0) -> DeadlineGreedy:
+                    slack: float = 1.0, turnover: float = 1.0,
+                    dump: float = 0.0) -> DeadlineGreedy:
   """A `DeadlineGreedy` for an environment's `EnvParams` (latency tables, quality, deadlines).
 
-  mean_output_len (> 0) and mean_prompt_len (>= 0) in tokens; slack > 0; turnover in [0, 1].
+  mean_output_len (> 0) and mean_prompt_len (>= 0) in tokens; slack > 0; turnover in [0, 1];
+  dump 0 or 1.
   """
   n = _positive(mean_output_len, "mean_output_len")
   p = _positive(mean_prompt_len, "mean_prompt_len", strict=False)
@@ -156,6 +166,8 @@ def deadline_greedy(params: EnvParams, mean_output_len: float, mean_prompt_len: 
   u = _positive(turnover, "turnover", strict=False)
   if u > 1:
     raise ValueError(f"heuristics: turnover must be in [0, 1], got {turnover!r}")
+  if dump not in (0, 1):
+    raise ValueError(f"heuristics: dump must be 0 or 1, got {dump!r}")
   tables = [np.asarray(g.decode_us, np.float32) for g in params.groups]
   width = max(len(x) for x in tables)
   decode = np.stack([np.pad(x, (0, width - len(x)), mode="edge") for x in tables])
@@ -166,7 +178,7 @@ def deadline_greedy(params: EnvParams, mean_output_len: float, mean_prompt_len: 
       decode_us=f32(decode), prefill_fixed_us=f32(fixed), prefill_per_token_us=f32(per_token),
       quality=f32(params.quality), deadline_us=f32(params.deadline_us),
       deadline_per_token_us=f32(params.deadline_per_token_us), mean_output_len=f32(n),
-      mean_prompt_len=f32(p), slack=f32(s), turnover=f32(u))
+      mean_prompt_len=f32(p), slack=f32(s), turnover=f32(u), dump=f32(dump))
 
 
 def load_threshold(params: EnvParams, thresholds: Sequence[float]) -> LoadThreshold:
@@ -237,10 +249,11 @@ def _grid_search(name: str, env, params, key, candidates: list[dict], build, num
 def tune_deadline_greedy(env: ServingEnv, params: EnvParams, key: jax.Array,
                          slacks: Sequence[float] = DEFAULT_SLACKS,
                          turnovers: Sequence[float] = DEFAULT_TURNOVERS,
+                         dumps: Sequence[float] = DEFAULT_DUMPS,
                          mean_output_len: float | None = None,
                          mean_prompt_len: float | None = None,
                          num_steps: int | None = None, num_keys: int = 4):
-  """Grid search of `DeadlineGreedy`'s slack x turnover on (env, params).
+  """Grid search of `DeadlineGreedy`'s slack x turnover x dump on (env, params).
 
   Mean lengths default to `mean_lengths(params.workload, ...)`; `num_steps` defaults to one
   episode. Returns (best policy, report dict: knobs, per-candidate mean scores, ...).
@@ -251,8 +264,8 @@ def tune_deadline_greedy(env: ServingEnv, params: EnvParams, key: jax.Array,
     mean_prompt_len = prompt if mean_prompt_len is None else mean_prompt_len
     mean_output_len = output if mean_output_len is None else mean_output_len
   candidates = [dict(mean_output_len=float(mean_output_len), mean_prompt_len=float(mean_prompt_len),
-                     slack=float(s), turnover=float(u))
-                for s, u in itertools.product(slacks, turnovers)]
+                     slack=float(s), turnover=float(u), dump=float(d))
+                for s, u, d in itertools.product(slacks, turnovers, dumps)]
   build = lambda **kw: deadline_greedy(params, **kw)
   return _grid_search("deadline_greedy", env, params, k_run, candidates, build, num_steps, num_keys)
 
@@ -290,7 +303,7 @@ def to_dict(policy) -> dict:
   if isinstance(policy, DeadlineGreedy):
     return dict(name="deadline_greedy", mean_output_len=float(policy.mean_output_len),
                 mean_prompt_len=float(policy.mean_prompt_len), slack=float(policy.slack),
-                turnover=float(policy.turnover))
+                turnover=float(policy.turnover), dump=float(policy.dump))
   if isinstance(policy, LoadThreshold):
     return dict(name="load_threshold", thresholds=[float(x) for x in np.asarray(policy.thresholds)])
   raise ValueError(f"heuristics.to_dict: not a heuristic policy: {type(policy).__name__}")

@@ -65,8 +65,10 @@ def test_deadline_greedy_hand_computed():
   # Without the turnover term big's prediction loses the 3 * 3 ms + 3 ms of interference.
   no_turnover = greedy.replace(turnover=jnp.float32(0.0))
   np.testing.assert_allclose(no_turnover.predict_us(state)[1], 2_016_000, rtol=1e-6)
-  # Nothing on time (slack 100): the fastest predicted, small.
-  assert int(greedy.replace(slack=jnp.float32(100.0))(KEY, obs, state)) == 0
+  # Nothing on time (slack 100): the fastest predicted, small; with dump, the slowest, big.
+  hopeless = greedy.replace(slack=jnp.float32(100.0))
+  assert int(hopeless(KEY, obs, state)) == 0
+  assert int(hopeless.replace(dump=jnp.float32(1.0))(KEY, obs, state)) == 1
   # For task 1 small is the better model, and on time.
   state1 = state.replace(request=state.request.replace(task=jnp.int32(1)))
   assert int(greedy(KEY, obs, state1)) == 0
@@ -79,6 +81,9 @@ def test_deadline_greedy_sees_a_full_queue_as_rejection():
   obs, state = _after(env, params, [1, 1])                           # big: 1 running, 1 waiting
   assert float(greedy.predict_us(state)[1]) > 1e29
   assert int(greedy(KEY, obs, state)) == 0
+  # Nothing on time and dump: the request goes where it is rejected, harming no one.
+  dump = heuristics.deadline_greedy(params, 2000, 0, slack=1.0, dump=1)    # small: 2 s
+  assert int(dump(KEY, obs, state)) == 1
 
 
 def test_load_threshold_hand_set_loads():
@@ -129,7 +134,7 @@ def heavy():
   on it over three slacks (2 keys); shared to compile once."""
   env, params, profile = _default_env(40.0, 256)
   policy, report = heuristics.tune("deadline_greedy", env, params, KEY, slacks=(0.5, 1.25, 4.0),
-                                   turnovers=(1.0,), num_keys=2)
+                                   turnovers=(1.0,), dumps=(0.0,), num_keys=2)
   return env, params, profile, policy, report
 
 
@@ -155,7 +160,8 @@ def test_vmapped_tuning_returns_the_best_candidate_of_its_grid(heavy):
 
 def test_knobs_round_trip_through_json_and_bad_knobs_are_refused():
   env, params = _tiny_env()
-  for policy in (heuristics.deadline_greedy(params, 120.5, 800, slack=1.5, turnover=0.0),
+  for policy in (heuristics.deadline_greedy(params, 120.5, 800, slack=1.5, turnover=0.0,
+                                            dump=1),
                  heuristics.load_threshold(params, [0.5, 1.25])):
     d = json.loads(json.dumps(heuristics.to_dict(policy)))
     rebuilt = heuristics.from_dict(d["name"], d, params)
@@ -166,6 +172,8 @@ def test_knobs_round_trip_through_json_and_bad_knobs_are_refused():
     heuristics.load_threshold(params, [1.0])
   with pytest.raises(ValueError, match="slack"):
     heuristics.deadline_greedy(params, 100, 100, slack=0.0)
+  with pytest.raises(ValueError, match="dump must be 0 or 1"):
+    heuristics.deadline_greedy(params, 100, 100, dump=0.5)
   with pytest.raises(ValueError, match="bad knobs"):
     heuristics.from_dict("load_threshold", dict(thresholds=[1.0, 1.0], slack=2.0), params)
   with pytest.raises(ValueError, match="not 'load_threshold'"):
