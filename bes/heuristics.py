@@ -70,7 +70,7 @@ class DeadlineGreedy:
     prefill_fixed_us, prefill_per_token_us: [M].
     quality: [M, T]; deadline_us: [T]; deadline_per_token_us: scalar.
     mean_output_len, mean_prompt_len: scalars, tokens (the workload's means, knobs).
-    slack: scalar >= 0, safety factor on the prediction (knob).
+    slack: scalar > 0, safety factor on the prediction (knob).
     turnover: scalar in [0, 1], weight of the steady-state prefill interference (knob).
     dump: scalar, 0 or 1: where a request no model can serve on time goes (knob).
   """
