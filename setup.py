@@ -18,6 +18,8 @@ setuptools.setup(
         "numpy>=1.26,<3",
         "absl-py>=2.1,<3",
         "ml_collections>=1.0,<2",
+        "orbax-checkpoint>=0.11,<0.13",
+        "matplotlib>=3.8,<4",
         "safetensors>=0.4,<1",
         "transformers>=4.45,<6",
     ],

@@ -50,7 +50,13 @@ def get_config() -> ml_collections.ConfigDict:
                                       # routed it; step: the env's step reward (design page)
   config.dqn.gamma = 0.99             # discount per routing decision
   config.dqn.n_step = 3
+  config.dqn.reward_center = True     # subtract the running mean reward (Q = relative value)
+  config.dqn.center_rate = 1e-3       # step size of that running mean (per iteration)
+  config.dqn.terminal_episode_end = False  # episodes cut one request stream: not terminal
+  config.dqn.dueling = True           # value + advantage heads
   config.dqn.learning_rate = 1e-3
+  config.dqn.lr_decay = True          # linear decay to learning_rate * lr_final_frac
+  config.dqn.lr_final_frac = 0.05
   config.dqn.max_grad_norm = 10.0
   config.dqn.huber_delta = 1.0
   config.dqn.reward_scale = 1.0
@@ -74,6 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.eval_episode_len = 2048    # requests per greedy evaluation episode
   config.train.eval_episodes = 4
   config.train.keep_checkpoints = 2
+  config.train.select_best = True     # the router kept is the best-evaluated chunk's (per seed)
   config.train.rate_multipliers = ""  # e.g. '0.25,0.5,1,2,4': env i trains at rate * m[i % k]
   config.train.tune_heuristics = True  # tune the hand-written baselines on the same workload
 

@@ -43,11 +43,11 @@ def main(argv):
     start = time.time()
     train_lib.train(config, workdir)
     print(f"trained in {time.time() - start:.1f} s; checkpoints in {workdir}/checkpoints", flush=True)
-    if not _EVAL.value:
-      return
     if config.train.tune_heuristics and not os.path.exists(
         os.path.join(workdir, eval_lib.HEURISTICS_FILE)):
       eval_lib.tune_heuristics(config, workdir)
+    if not _EVAL.value:
+      return
     result = eval_lib.evaluate_workdir(workdir, os.path.join(workdir, "eval"),
                                        deployments=_DEPLOYMENTS.value)
   except ValueError as e:

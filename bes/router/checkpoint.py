@@ -2,9 +2,10 @@
 the full config, so that a run resumes exactly and a trained router loads on its own.
 
 Layout: `<workdir>/checkpoints/<chunk>/{state,params,config,progress}` (an orbax
-CheckpointManager; the step is the number of chunks done). `params` repeats the online
-network parameters (stacked over seeds) so that evaluation restores them without building
-the training environments; `progress` holds the wall-clock seconds spent so far.
+CheckpointManager; the step is the number of chunks done). `params` holds the policy's
+network parameters (stacked over seeds: the latest online ones, or with
+`config.train.select_best` the best-evaluated ones) so that evaluation restores them
+without building the training environments; `progress` holds the wall-clock seconds spent so far.
 """
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ def manager(workdir: str, keep: int = 2) -> ocp.CheckpointManager:
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, config: ml_collections.ConfigDict,
-         progress: dict) -> None:
-  """Saves the learner state (any pytree), its params, the config and `progress` (JSON)."""
+         progress: dict, params) -> None:
+  """Saves the learner state (any pytree), the policy's `params`, the config and
+  `progress` (JSON)."""
   mngr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), params=ocp.args.StandardSave(state.params),
+      state=ocp.args.StandardSave(state), params=ocp.args.StandardSave(params),
       config=ocp.args.JsonSave(config.to_dict()), progress=ocp.args.JsonSave(progress)))
   mngr.wait_until_finished()
 

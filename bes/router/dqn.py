@@ -5,6 +5,7 @@ functions in the shape PureJaxRL popularised, structured like Stoix's `ff_ddqn`:
   init(key) -> LearnerState                    one seed: network, optimiser, replay, envs
   chunk(state) -> (state, ChunkStats)          `lax.scan` over `config.train.chunk_iterations`
   evaluate(state, key) -> EvalStats            greedy policy on the evaluation environment
+  keep_best(state, eval) -> state              remember the best-evaluated params
   train(key) -> (state, ChunkStats per chunk)  everything at once (a scan over chunks)
 Each is written for one seed; `jax.vmap` runs several seeds in one call (`launch/train.py`
 jits `vmap(chunk)` and drives the chunks from Python, evaluating and checkpointing between
@@ -62,6 +63,9 @@ class LearnerState(NamedTuple):
   key: jax.Array                 # uint32 [2]
   iteration: jnp.ndarray         # int32, iterations done
   updates: jnp.ndarray           # int32, gradient steps done
+  reward_mean: jnp.ndarray       # float32, running mean reward per decision (centering)
+  best_params: Any               # the online params with the best evaluation so far
+  best_utility: jnp.ndarray      # float32, that evaluation's mean utility (-inf before any)
 
 
 class ChunkStats(NamedTuple):
@@ -89,6 +93,7 @@ class Trainer(NamedTuple):
   init: Callable
   chunk: Callable
   evaluate: Callable
+  keep_best: Callable
   train: Callable
   num_chunks: int
 
@@ -121,6 +126,16 @@ def _check(config) -> None:
     raise ValueError(f"config.dqn.learning_rate: expected > 0, got {d.learning_rate!r}")
 
 
+def learning_rate_schedule(d):
+  """Adam's step size: constant, or (`lr_decay`) linear to lr * lr_final_frac over the
+  run's gradient steps."""
+  lr = float(d.learning_rate)
+  if not d.get("lr_decay", False):
+    return lr
+  steps = max(1, (int(d.num_iterations) - int(d.learning_starts)) * int(d.updates_per_iteration))
+  return optax.linear_schedule(lr, lr * float(d.lr_final_frac), steps)
+
+
 def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: ServingEnv,
                eval_params: EnvParams, params_batched: bool = False) -> Trainer:
   """The training functions for `config.dqn` / `config.train` (module docstring).
@@ -137,7 +152,7 @@ def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: Serving
   num_iterations = int(d.num_iterations)
   network = make_qnetwork(num_actions, env.num_tasks, d)
   optimiser = optax.chain(optax.clip_by_global_norm(float(d.max_grad_norm)),
-                          optax.adam(float(d.learning_rate)))
+                          optax.adam(learning_rate_schedule(d)))
   epsilon = optax.linear_schedule(float(d.eps_start), float(d.eps_end),
                                   max(1, int(float(d.eps_decay_frac) * num_iterations)))
   learning_starts = int(d.learning_starts)
@@ -159,21 +174,30 @@ def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: Serving
                 pending_resolved=jnp.zeros(num_envs, bool), episode_base=zeros)
     return LearnerState(params=params, target_params=params, opt_state=optimiser.init(params),
                         replay=replay_lib.init(num_envs, int(d.replay_capacity), env.obs_size),
-                        envs=envs, key=k_run, iteration=jnp.int32(0), updates=jnp.int32(0))
+                        envs=envs, key=k_run, iteration=jnp.int32(0), updates=jnp.int32(0),
+                        reward_mean=jnp.float32(0), best_params=params,
+                        best_utility=jnp.float32(-jnp.inf))
 
-  def loss_fn(params, target_params, batch: replay_lib.Batch):
+  # Reward centering: the n-step return minus the running mean reward over its n steps, so
+  # Q-values measure value relative to the average (their scale is the advantage's, not
+  # reward / (1 - gamma)); with episode ends not terminal this leaves the policy unchanged.
+  center_steps = sum(gamma ** k for k in range(n_step)) if d.reward_center else 0.0
+
+  def loss_fn(params, target_params, batch: replay_lib.Batch, reward_mean):
     q_tm1 = network.apply(params, batch.obs)
     q_t_selector = network.apply(params, batch.next_obs)
     q_t_value = network.apply(target_params, batch.next_obs)
-    td = jax.vmap(losses.double_q_learning)(q_tm1, batch.action, batch.ret * float(d.reward_scale),
-                                            batch.discount, q_t_value, q_t_selector)
+    ret = (batch.ret - center_steps * reward_mean) * float(d.reward_scale)
+    td = jax.vmap(losses.double_q_learning)(q_tm1, batch.action, ret, batch.discount, q_t_value,
+                                            q_t_selector)
     loss = jnp.sum(batch.weight * losses.huber(td, float(d.huber_delta)))
     return loss / jnp.maximum(batch.weight.sum(), 1.0), jnp.mean(q_tm1)
 
-  def gradient_step(replay, carry, key):
+  def gradient_step(replay, reward_mean, carry, key):
     params, target_params, opt_state, updates = carry
     batch = replay_lib.sample(replay, key, batch_size, n_step, gamma)
-    (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, target_params, batch)
+    (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, target_params, batch,
+                                                                      reward_mean)
     step, opt_state = optimiser.update(grads, opt_state, params)
     params = optax.apply_updates(params, step)
     updates = updates + 1
@@ -186,7 +210,7 @@ def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: Serving
 
   def learn(ls: LearnerState, key):
     carry = (ls.params, ls.target_params, ls.opt_state, ls.updates)
-    carry, (loss, q_mean) = jax.lax.scan(lambda c, k: gradient_step(ls.replay, c, k), carry,
+    carry, (loss, q_mean) = jax.lax.scan(lambda c, k: gradient_step(ls.replay, ls.reward_mean, c, k), carry,
                                          jax.random.split(key, int(d.updates_per_iteration)))
     params, target_params, opt_state, updates = carry
     return ls._replace(params=params, target_params=target_params, opt_state=opt_state,
@@ -213,8 +237,13 @@ def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: Serving
       reward, resolved = pending.pending_reward, pending.pending_resolved
     else:
       replay, resolved = ls.replay, None
-    replay = replay_lib.add(replay, pending.pending_obs, pending.pending_action, reward, done, obs,
-                            decided, resolved)
+    terminal = done & bool(d.terminal_episode_end)
+    replay = replay_lib.add(replay, pending.pending_obs, pending.pending_action, reward, terminal,
+                            obs, decided, resolved)
+    n_decided = decided.sum()
+    batch_mean = step_reward.sum() / jnp.maximum(n_decided, 1)
+    rate = jnp.where(n_decided > 0, float(d.center_rate), 0.0)
+    ls = ls._replace(reward_mean=ls.reward_mean + rate * (batch_mean - ls.reward_mean))
     base = jnp.where(decided & done, replay.count, pending.episode_base)
     ls = ls._replace(replay=replay, key=key,
                      envs=pending._replace(state=state, obs=obs, episode_base=base))
@@ -259,11 +288,20 @@ def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: Serving
     return EvalStats(mean_utility=traj["reward"].sum() / n, availability=traj["on_time"].sum() / n,
                      rejected_frac=traj["rejected"].sum() / n)
 
+  def keep_best(ls: LearnerState, ev: EvalStats) -> LearnerState:
+    """Keeps the online params if their evaluation beats the best so far (model selection
+    on the evaluation stream, which is not the stream final results are measured on)."""
+    better = ev.mean_utility > ls.best_utility
+    best = jax.tree_util.tree_map(lambda p, b: jnp.where(better, p, b), ls.params, ls.best_params)
+    return ls._replace(best_params=best,
+                       best_utility=jnp.where(better, ev.mean_utility, ls.best_utility))
+
   num_chunks = num_iterations // chunk_len
 
   def train(key: jax.Array):
     ls = init(key)
     return jax.lax.scan(lambda ls, _: chunk(ls), ls, None, length=num_chunks)
 
-  return Trainer(network=network, init=init, chunk=chunk, evaluate=evaluate, train=train,
+  return Trainer(network=network, init=init, chunk=chunk, evaluate=evaluate, keep_best=keep_best,
+                 train=train,
                  num_chunks=num_chunks)

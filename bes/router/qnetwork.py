@@ -31,7 +31,8 @@ def normalise(obs: jnp.ndarray, num_tasks: int, mode: str, rate_scale: float) ->
 
 
 class QNetwork(nn.Module):
-  """MLP: normalise -> [Dense(h) -> activation] per hidden layer -> Dense(num_actions).
+  """MLP: normalise -> [Dense(h) -> activation] per hidden layer -> Dense(num_actions), or
+  with `dueling` a value and an advantage head: Q = V + A - mean(A) (Wang et al., 2016).
 
   Input float32 [..., T + M + 1]; output Q-values float32 [..., num_actions].
   """
@@ -41,6 +42,7 @@ class QNetwork(nn.Module):
   activation: str = "relu"
   obs_norm: str = "log"
   rate_scale: float = 20.0
+  dueling: bool = False
 
   @nn.compact
   def __call__(self, obs: jnp.ndarray) -> jnp.ndarray:
@@ -48,7 +50,10 @@ class QNetwork(nn.Module):
     act = ACTIVATIONS[self.activation]
     for width in self.hidden:
       x = act(nn.Dense(width)(x))
-    return nn.Dense(self.num_actions)(x)
+    if not self.dueling:
+      return nn.Dense(self.num_actions)(x)
+    advantage = nn.Dense(self.num_actions)(x)
+    return nn.Dense(1)(x) + advantage - advantage.mean(-1, keepdims=True)
 
 
 def make_qnetwork(num_actions: int, num_tasks: int, cfg) -> QNetwork:
@@ -71,4 +76,4 @@ def make_qnetwork(num_actions: int, num_tasks: int, cfg) -> QNetwork:
     raise ValueError(f"config.dqn.rate_scale: expected > 0 requests/s, got {cfg.rate_scale!r}")
   return QNetwork(num_actions=num_actions, num_tasks=num_tasks, hidden=hidden,
                   activation=str(cfg.activation), obs_norm=str(cfg.obs_norm),
-                  rate_scale=float(cfg.rate_scale))
+                  rate_scale=float(cfg.rate_scale), dueling=bool(cfg.get("dueling", False)))

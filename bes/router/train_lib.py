@@ -150,6 +150,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   init = jax.jit(jax.vmap(trainer.init))
   chunk = jax.jit(jax.vmap(trainer.chunk), donate_argnums=0)
   evaluate = jax.jit(jax.vmap(lambda ls, k: trainer.evaluate(ls, k, int(config.train.eval_episodes))))
+  keep_best = jax.jit(jax.vmap(trainer.keep_best), donate_argnums=0)
+  select_best = bool(config.train.get("select_best", False))
   mngr = checkpoint.manager(workdir, int(config.train.keep_checkpoints))
   csv_path = os.path.join(workdir, "metrics.csv")
   with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -174,9 +176,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       break
     ls, stats = chunk(ls)
     ev = evaluate(ls, eval_keys)
+    ls = keep_best(ls, ev)
     rows = _rows(c + 1, time.time() - t0, stats, ev, np.asarray(ls.iteration))
     _append_csv(csv_path, rows)
-    checkpoint.save(mngr, c + 1, ls, config, {"seconds": time.time() - t0})
+    checkpoint.save(mngr, c + 1, ls, config, {"seconds": time.time() - t0},
+                    ls.best_params if select_best else ls.params)
     last = {k: [r[k] for r in rows] for k in ("eval_mean_utility", "eval_availability",
                                                 "eval_rejected_frac", "seconds")}
     mean = lambda k: float(np.mean([r[k] for r in rows]))

@@ -1,0 +1,17 @@
+"""The router behind the reproduced experiments (results/): the default config trained over
+a range of arrival rates, 3 seeds.
+
+Training environment i runs the default bursty workload at 20 req/s times
+`rate_multipliers[i % 8]` (1 to 160 req/s), so one router (conditioned on the observed
+arrival rate, as in the paper) serves every rate the sweeps evaluate.
+
+  python launch/train.py --config=configs/experiments.py --workdir=runs/experiments
+"""
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.train.rate_multipliers = "0.05,0.1,0.2,0.4,0.8,1.6,3.2,8"
+  config.num_seeds = 3
+  return config
