@@ -1,0 +1,381 @@
+r"""Learned-router benchmarks: training throughput, time to a trained router, decision latency.
+
+Three parts (`--parts`), all timed after compilation with `jax.block_until_ready`:
+  throughput   `jit(vmap(trainer.chunk))` (as `bes.router.train_lib` runs it) for each
+               `--num_envs` x `--num_seeds`: environment calls/s, routing decisions/s
+               (decided transitions) and gradient updates/s, all seeds together; median
+               of `--repeats` chunks of `--chunk_iterations` iterations, timed once every
+               seed is past `config.dqn.learning_starts` (so every iteration learns);
+               compile time (lower + compile) separately.
+  convergence  `train_lib.train(config, tmpdir)` on the config as given, for each of
+               `--convergence_seeds`: the first wall-clock second at which the seed-mean
+               evaluation utility reaches 95% of the final one (and of the mean of the last
+               three chunks, the evaluation being noisy), and the total time. Seconds both
+               from `metrics.csv` and as seen by the caller after each chunk's results are
+               on the host (see `_convergence`).
+  latency      the greedy `LearnedPolicy` jitted, for one observation and for a batch of
+               `--latency_batch`: median and p99 microseconds per call over `--latency_calls`
+               calls, blocking on each.
+
+  python launch/benchmark_router.py --config=configs/default.py --out=results/router_benchmark
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bes.router import dqn, train_lib  # noqa: E402
+from bes.router.policy import LearnedPolicy  # noqa: E402
+
+PARTS = ("throughput", "convergence", "latency")
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "configs", "default.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file.")
+_OUT = flags.DEFINE_string("out", "results/router_benchmark", "Writes OUT.json and OUT.md.")
+_PARTS = flags.DEFINE_list("parts", list(PARTS), f"Parts to run, of {PARTS}.")
+_NUM_ENVS = flags.DEFINE_list("num_envs", ["16", "64", "256"], "Throughput: parallel envs per seed.")
+_NUM_SEEDS = flags.DEFINE_list("num_seeds", ["1", "3"], "Throughput: seeds vmapped together.")
+_CHUNK = flags.DEFINE_integer("chunk_iterations", 500, "Throughput: iterations per timed chunk "
+                              "(a divisor of config.dqn.num_iterations).")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Throughput: timed chunks; the median is reported.")
+_CONV_SEEDS = flags.DEFINE_list("convergence_seeds", ["1", "3"], "Convergence: num_seeds runs.")
+_CALLS = flags.DEFINE_integer("latency_calls", 2000, "Latency: timed calls per case.")
+_BATCH = flags.DEFINE_integer("latency_batch", 1024, "Latency: observations in the batched case.")
+FRACTION = 0.95
+
+
+def _positive_ints(values, flag: str) -> list[int]:
+  try:
+    out = [int(v) for v in values]
+  except ValueError:
+    raise ValueError(f"--{flag}: expected integers >= 1, got {','.join(values)!r}") from None
+  if not out or min(out) < 1:
+    raise ValueError(f"--{flag}: expected integers >= 1, got {','.join(values)!r}")
+  return out
+
+
+def _with(config, **keys):
+  """A copy of `config` with dotted keys replaced, e.g. `_with(c, **{'dqn.num_envs': 16})`."""
+  cfg = config.copy_and_resolve_references()
+  for dotted, value in keys.items():
+    *path, last = dotted.split(".")
+    node = cfg
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return cfg
+
+
+def _git() -> dict:
+  """The commit and the uncommitted changes under bes/, configs/ and launch/ (the code timed)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=root).stdout
+  return dict(commit=git("rev-parse", "HEAD").strip(),
+              uncommitted=git("status", "--porcelain", "bes", "configs", "launch").split("\n")[:-1])
+
+
+def _load() -> list[float]:
+  """1-, 5- and 15-minute load averages (runnable processes; this machine has 2 cores)."""
+  return [round(x, 2) for x in os.getloadavg()]
+
+
+# ------------------------------------------------------------------------------ throughput
+def _throughput(config, num_envs: int, num_seeds: int, chunk_iterations: int, repeats: int,
+                profile) -> dict:
+  """One throughput row: compile seconds and median env calls/s, decisions/s, updates/s."""
+  cfg = _with(config, **{"dqn.num_envs": num_envs, "num_seeds": num_seeds,
+                         "train.chunk_iterations": chunk_iterations})
+  _, env, params, batched, eval_env, eval_params = train_lib.build_envs(cfg, profile)
+  trainer = dqn.make_train(cfg, env, params, eval_env, eval_params, params_batched=batched)
+  ls = jax.block_until_ready(jax.jit(jax.vmap(trainer.init))(train_lib.seed_keys(cfg)))
+  start = time.perf_counter()
+  chunk = jax.jit(jax.vmap(trainer.chunk), donate_argnums=0).lower(ls).compile()
+  compile_s = time.perf_counter() - start
+  warmup = max(1, math.ceil(int(cfg.dqn.learning_starts) / chunk_iterations))
+  for _ in range(warmup):                        # past learning_starts: every iteration learns
+    ls, _ = jax.block_until_ready(chunk(ls))
+  seconds, decisions, updates = [], [], []
+  for _ in range(repeats):
+    before = int(np.asarray(ls.updates).sum())
+    start = time.perf_counter()
+    ls, stats = jax.block_until_ready(chunk(ls))
+    seconds.append(time.perf_counter() - start)
+    decisions.append(int(np.asarray(stats.decisions).sum()))
+    updates.append(int(np.asarray(ls.updates).sum()) - before)
+  calls = num_envs * num_seeds * chunk_iterations
+  rate = lambda counts: float(np.median(np.asarray(counts) / np.asarray(seconds)))
+  return dict(num_envs=num_envs, num_seeds=num_seeds, chunk_iterations=chunk_iterations,
+              warmup_chunks=warmup, compile_s=compile_s, chunk_s=seconds,
+              median_chunk_s=float(np.median(seconds)), env_calls_per_chunk=calls,
+              decisions_per_chunk=decisions, updates_per_chunk=updates,
+              env_calls_per_s=rate([calls] * repeats), decisions_per_s=rate(decisions),
+              updates_per_s=rate(updates), load_avg=_load())
+
+
+# ------------------------------------------------------------------------------ convergence
+def _first_reaching(seconds, values, target: float):
+  """The first `seconds[i]` with `values[i] >= target` (None if never)."""
+  for s, v in zip(seconds, values):
+    if v >= target:
+      return s
+  return None
+
+
+def _target(reference: float) -> float:
+  """95% of `reference` (for a negative reference: within 5% of its magnitude)."""
+  return reference - (1.0 - FRACTION) * abs(reference)
+
+
+def _convergence(config, num_seeds: int) -> dict:
+  """Trains `config` with `num_seeds` seeds in a temporary workdir; time to 95% of the final
+  seed-mean evaluation utility.
+
+  Two clocks, both from the start of `train_lib.train` (compilation included), in seconds:
+  `csv_seconds` is the `seconds` column of metrics.csv; `host_seconds` is taken when
+  `train` logs a chunk, after its statistics are on the host (and its checkpoint saved).
+  """
+  cfg = _with(config, num_seeds=num_seeds)
+  host_seconds = []
+  with tempfile.TemporaryDirectory() as workdir:
+    start = time.perf_counter()
+
+    def log(message: str) -> None:
+      if message.startswith("chunk "):
+        host_seconds.append(time.perf_counter() - start)
+      print(f"  [seeds={num_seeds}] {message}", flush=True)
+
+    train_lib.train(cfg, workdir, log=log)
+    total_s = time.perf_counter() - start
+    with open(os.path.join(workdir, "metrics.csv")) as f:
+      rows = list(csv.DictReader(f))
+  chunks = sorted({int(r["chunk"]) for r in rows})
+  by_chunk = {c: [r for r in rows if int(r["chunk"]) == c] for c in chunks}
+  utility = [float(np.mean([float(r["eval_mean_utility"]) for r in by_chunk[c]])) for c in chunks]
+  csv_seconds = [float(by_chunk[c][0]["seconds"]) for c in chunks]
+  final, last3 = utility[-1], float(np.mean(utility[-3:]))
+  result = dict(num_seeds=num_seeds, chunks=chunks, iterations=int(by_chunk[chunks[-1]][0]["iteration"]),
+                eval_mean_utility=utility, csv_seconds=csv_seconds, host_seconds=host_seconds,
+                final_utility=final, last3_mean_utility=last3, total_s=total_s,
+                final_utility_per_seed=[float(r["eval_mean_utility"]) for r in by_chunk[chunks[-1]]],
+                load_avg=_load())
+  for name, reference in (("final", final), ("last3", last3)):
+    target = _target(reference)
+    result[f"target_{name}"] = target
+    result[f"csv_s_to_95_{name}"] = _first_reaching(csv_seconds, utility, target)
+    result[f"host_s_to_95_{name}"] = _first_reaching(host_seconds, utility, target)
+  return result
+
+
+# ------------------------------------------------------------------------------ latency
+def _observations(env, rate_scale: float, n: int, key) -> jnp.ndarray:
+  """float32 [n, T + M + 1] observations of the environment's layout: a task one-hot, loads
+  uniform in [0, 2) and an arrival rate uniform in [0, 2 * rate_scale) requests/s."""
+  k_task, k_load, k_rate = jax.random.split(key, 3)
+  task = jax.nn.one_hot(jax.random.randint(k_task, (n,), 0, env.num_tasks), env.num_tasks)
+  loads = jax.random.uniform(k_load, (n, env.num_models), maxval=2.0)
+  rate = jax.random.uniform(k_rate, (n, 1), maxval=2.0 * rate_scale)
+  return jnp.concatenate([task, loads, rate], axis=-1).astype(jnp.float32)
+
+
+def _time_calls(fn, arg, calls: int) -> dict:
+  """Median, p99 and mean microseconds per blocking call of `fn(arg)` over `calls` calls
+  (after 20 warm-up calls)."""
+  for _ in range(20):
+    jax.block_until_ready(fn(arg))
+  us = np.empty(calls)
+  for i in range(calls):
+    start = time.perf_counter_ns()
+    jax.block_until_ready(fn(arg))
+    us[i] = (time.perf_counter_ns() - start) / 1e3
+  return dict(calls=calls, median_us=float(np.median(us)), p99_us=float(np.percentile(us, 99)),
+              mean_us=float(us.mean()), min_us=float(us.min()))
+
+
+def _latency(config, calls: int, batch: int, profile) -> list[dict]:
+  """Latency rows: the jitted LearnedPolicy with its params as an argument (as a server
+  holding a trained policy would call it) and closed over (constants folded into the
+  program), for one observation [D] and for a batch [batch, D]."""
+  _, env, params, batched, eval_env, eval_params = train_lib.build_envs(config, profile)
+  trainer = dqn.make_train(config, env, params, eval_env, eval_params, params_batched=batched)
+  obs = _observations(env, float(config.dqn.rate_scale), batch, jax.random.PRNGKey(1))
+  net_params = trainer.network.init(jax.random.PRNGKey(0), obs[:1])
+  policy = LearnedPolicy(params=net_params, network=trainer.network)
+  as_argument = jax.jit(lambda pol, o: pol(None, o, None))
+  closed_over = jax.jit(lambda o: policy(None, o, None))
+  rows = []
+  for shape_name, o in (("one", obs[0]), (f"batch {batch}", obs)):
+    cases = [("jit(LearnedPolicy), params as argument", lambda x: as_argument(policy, x), o),
+             ("jit(LearnedPolicy), params closed over", closed_over, o)]
+    for name, fn, arg in cases:
+      start = time.perf_counter()
+      jax.block_until_ready(fn(arg))
+      first_s = time.perf_counter() - start
+      rows.append(dict(case=name, observations=shape_name, first_call_s=first_s,
+                       **_time_calls(fn, arg, calls), load_avg=_load()))
+  return rows
+
+
+# ------------------------------------------------------------------------------ report
+def _fmt(x, spec=".1f", none="not reached"):
+  return none if x is None else format(x, spec)
+
+
+def _markdown(result: dict) -> str:
+  c = result["config"]
+  lines = [
+      "# Learned-router benchmarks", "",
+      f"Command: `{result['command']}`", "",
+      f"Date {result['date']}, jax {result['jax']}, devices {result['devices']}, "
+      f"{result['cpu_count']} CPU cores ({result['machine']}). Machine note: a shared 2-core CPU "
+      f"with other processes possibly running; load average (1/5/15 min) at the start "
+      f"{result['load_avg_start']}, at the end {result['load_avg_end']} (each row's load is in the "
+      f"JSON). Config `{result['config_file']}`: workload {c['workload']['kind']} at "
+      f"{c['workload']['rate']} req/s, hidden {c['dqn']['hidden']}, batch {c['dqn']['batch_size']}, "
+      f"{c['dqn']['updates_per_iteration']} update(s) per iteration, max_passes "
+      f"{c['dqn']['max_passes']}, credit '{c['dqn']['credit']}'. Code: commit "
+      f"{result['git']['commit'][:10]}"
+      + (f", with uncommitted changes to {', '.join(x[3:] for x in result['git']['uncommitted'])}"
+         if result["git"]["uncommitted"] else "") + ".", ""]
+  if result.get("throughput"):
+    r0 = result["throughput"][0]
+    lines += [
+        "## Training throughput: `jit(vmap(trainer.chunk))`", "",
+        f"Chunks of {r0['chunk_iterations']} iterations, timed after compilation and after "
+        f"{r0['warmup_chunks']} warm-up chunk(s) (past `learning_starts`, so each iteration does "
+        f"its gradient update(s)); median over {len(r0['chunk_s'])} chunks. All rates count all "
+        "seeds together; an env call is one `step_async` of one environment, a decision a "
+        "decided transition (a request routed), an update one gradient step of one seed.", "",
+        "| envs/seed | seeds | env calls/s | decisions/s | updates/s | chunk (s) | compile (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["throughput"]:
+      lines.append(f"| {r['num_envs']} | {r['num_seeds']} | {r['env_calls_per_s']:,.0f} | "
+                   f"{r['decisions_per_s']:,.0f} | {r['updates_per_s']:,.0f} | "
+                   f"{r['median_chunk_s']:.2f} | {r['compile_s']:.1f} |")
+    lines.append("")
+  if result.get("convergence"):
+    lines += [
+        "## Time to 95% of the final evaluation utility (default config, target < 2 min)", "",
+        "`train_lib.train(config, tmpdir)` as `launch/train.py` runs it (evaluation and checkpoint "
+        "after every chunk), wall clock from its start, compilation included. Utility: the "
+        "seed-mean greedy evaluation utility per request after each chunk. 'csv' seconds are "
+        "metrics.csv's `seconds` column; 'host' seconds are taken when the chunk's results reach "
+        "the host (see the note below).", "",
+        "| seeds | chunks | final utility | last-3 mean | 95% final: csv / host (s) | "
+        "95% last-3: csv / host (s) | total (s) |", "|---:|---:|---:|---:|---|---|---:|"]
+    for r in result["convergence"]:
+      lines.append(
+          f"| {r['num_seeds']} | {len(r['chunks'])} | {r['final_utility']:.4f} | "
+          f"{r['last3_mean_utility']:.4f} | {_fmt(r['csv_s_to_95_final'])} / "
+          f"{_fmt(r['host_s_to_95_final'])} | {_fmt(r['csv_s_to_95_last3'])} / "
+          f"{_fmt(r['host_s_to_95_last3'])} | {r['total_s']:.1f} |")
+    lines += ["", "Per chunk (seed-mean evaluation utility @ host seconds):", ""]
+    for r in result["convergence"]:
+      points = ", ".join(f"{u:.3f} @ {s:.0f}" for u, s in zip(r["eval_mean_utility"],
+                                                                r["host_seconds"]))
+      lines.append(f"* {r['num_seeds']} seed(s): {points}")
+    lines += [
+        "", "Note on the two clocks: `train_lib.train` takes a row's `seconds` right after "
+        "dispatching the chunk and its evaluation, which JAX runs asynchronously, so (once "
+        "compiled) a row's csv `seconds` is about when the previous chunk ended; 'host' seconds "
+        "are taken when `train` logs the chunk, after its statistics reached the host and its "
+        "checkpoint was written, and are the ones to trust.", ""]
+  if result.get("latency"):
+    lines += [
+        "## Router decision latency (target: one decision < 50 us)", "",
+        f"Greedy decision = argmax of the Q-network, per call, blocking on each "
+        f"(`jax.block_until_ready`), after 20 warm-up calls; untrained weights (the cost does not "
+        f"depend on their values), synthetic observations of the environment's layout.", "",
+        "| case | observations | calls | median (us) | p99 (us) | mean (us) |",
+        "|---|---|---:|---:|---:|---:|"]
+    for r in result["latency"]:
+      lines.append(f"| {r['case']} | {r['observations']} | {r['calls']} | {r['median_us']:.1f} | "
+                   f"{r['p99_us']:.1f} | {r['mean_us']:.1f} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def run(config, parts) -> dict:
+  """Runs the chosen parts; returns the JSON-ready result."""
+  num_envs = _positive_ints(_NUM_ENVS.value, "num_envs")
+  num_seeds = _positive_ints(_NUM_SEEDS.value, "num_seeds")
+  conv_seeds = _positive_ints(_CONV_SEEDS.value, "convergence_seeds") if "convergence" in parts else []
+  chunk, repeats = _CHUNK.value, _REPEATS.value
+  if chunk < 1 or int(config.dqn.num_iterations) % chunk:
+    raise ValueError(f"--chunk_iterations: expected a divisor of config.dqn.num_iterations="
+                     f"{config.dqn.num_iterations}, got {chunk}")
+  for flag, value in (("repeats", repeats), ("latency_calls", _CALLS.value),
+                      ("latency_batch", _BATCH.value)):
+    if value < 1:
+      raise ValueError(f"--{flag}: expected an integer >= 1, got {value}")
+  profile, env, params, batched, eval_env, eval_params = train_lib.build_envs(config)
+  dqn.make_train(config, env, params, eval_env, eval_params, batched)   # validates the config
+  result = dict(command="python " + " ".join(sys.argv), date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                jax=jax.__version__, devices=[str(d) for d in jax.devices()],
+                cpu_count=os.cpu_count(), machine=platform.machine(), load_avg_start=_load(),
+                uptime=subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+                config_file=config_flags.get_config_filename(flags.FLAGS["config"]),
+                git=_git(), config=config.to_dict(), parts=list(parts))
+  if "throughput" in parts:
+    result["throughput"] = []
+    for n in num_envs:
+      for s in num_seeds:
+        row = _throughput(config, n, s, chunk, repeats, profile)
+        result["throughput"].append(row)
+        print(f"envs={n:4d} seeds={s}: {row['env_calls_per_s']:10,.0f} env calls/s "
+              f"{row['decisions_per_s']:10,.0f} decisions/s {row['updates_per_s']:8,.0f} "
+              f"updates/s (compile {row['compile_s']:.1f} s)", flush=True)
+  if "latency" in parts:
+    result["latency"] = _latency(config, _CALLS.value, _BATCH.value, profile)
+    for r in result["latency"]:
+      print(f"{r['case']:40s} {r['observations']:>10s}: median {r['median_us']:8.1f} us "
+            f"p99 {r['p99_us']:8.1f} us", flush=True)
+  if "convergence" in parts:
+    result["convergence"] = []
+    for s in conv_seeds:
+      row = _convergence(config, s)
+      result["convergence"].append(row)
+      print(f"seeds={s}: final utility {row['final_utility']:.4f}, 95% at "
+            f"{_fmt(row['host_s_to_95_final'])} s (host) / {_fmt(row['csv_s_to_95_final'])} s "
+            f"(csv), total {row['total_s']:.1f} s", flush=True)
+  result["load_avg_end"] = _load()
+  return result
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)   # orbax logs every save and restore at INFO
+  parts = [p.strip() for p in _PARTS.value if p.strip()]
+  try:
+    bad = [p for p in parts if p not in PARTS]
+    if bad or not parts:
+      raise ValueError(f"--parts: expected some of {PARTS}, got {','.join(_PARTS.value)!r}")
+    result = run(_CONFIG.value, parts)
+  except ValueError as e:
+    sys.exit(f"benchmark_router.py: error: {e}")
+  out = _OUT.value
+  os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+  with open(out + ".json", "w") as f:
+    json.dump(result, f, indent=2, default=list)
+  with open(out + ".md", "w") as f:
+    f.write(_markdown(result))
+  print(f"wrote {out}.json and .md")
+
+
+if __name__ == "__main__":
+  app.run(main)
