@@ -251,7 +251,9 @@ def _markdown(result: dict) -> str:
       f"{c['dqn']['max_passes']}, credit '{c['dqn']['credit']}'. Code: commit "
       f"{result['git']['commit'][:10]}"
       + (f", with uncommitted changes to {', '.join(x[3:] for x in result['git']['uncommitted'])}"
-         if result["git"]["uncommitted"] else "") + ".", ""]
+         if result["git"]["uncommitted"] else "") + "."
+      + (f" JAX persistent compilation cache `{result['compilation_cache_dir']}`: compile "
+         "times may be cache hits." if result.get("compilation_cache_dir") else ""), ""]
   if result.get("throughput"):
     r0 = result["throughput"][0]
     lines += [
@@ -330,6 +332,7 @@ def run(config, parts) -> dict:
                 cpu_count=os.cpu_count(), machine=platform.machine(), load_avg_start=_load(),
                 uptime=subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
                 config_file=config_flags.get_config_filename(flags.FLAGS["config"]),
+                compilation_cache_dir=jax.config.jax_compilation_cache_dir or None,
                 git=_git(), config=config.to_dict(), parts=list(parts))
   if "throughput" in parts:
     result["throughput"] = []
