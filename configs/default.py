@@ -71,7 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.dqn.eps_end = 0.02
   config.dqn.eps_decay_frac = 0.3     # of num_iterations
   config.dqn.target_update = "periodic"   # periodic | polyak
-  config.dqn.target_period = 500      # gradient steps between target copies (periodic)
+  config.dqn.target_period = 2000     # gradient steps between target copies (periodic)
   config.dqn.polyak_tau = 0.005       # (polyak)
 
   # launch/train.py: chunks of scanned iterations, evaluation and checkpoints between them.

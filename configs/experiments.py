@@ -3,7 +3,8 @@ a range of arrival rates, 3 seeds.
 
 Training environment i runs the default bursty workload at 20 req/s times
 `rate_multipliers[i % 8]` (1 to 160 req/s), so one router (conditioned on the observed
-arrival rate, as in the paper) serves every rate the sweeps evaluate.
+arrival rate, as in the paper) serves every rate the sweeps evaluate; twice the default
+iterations, since the rates share the environments.
 
   python launch/train.py --config=configs/experiments.py --workdir=runs/experiments
 """
@@ -13,5 +14,6 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.train.rate_multipliers = "0.05,0.1,0.2,0.4,0.8,1.6,3.2,8"
+  config.dqn.num_iterations = 40000   # 8 rates share the environments: twice the default
   config.num_seeds = 3
   return config

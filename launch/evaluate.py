@@ -39,7 +39,8 @@ _TRACE = flags.DEFINE_string("trace", None, "Replay this trace CSV whole (sets w
 _TRACE_RATE = flags.DEFINE_float("trace_rate", 0.0, "With --trace: rescale to this mean rate "
                                  "(requests/s; 0 = the trace's own timing).")
 _NUM_REQUESTS = flags.DEFINE_integer("num_requests", None, "Requests (default: "
-                                     "config.simulate.num_requests; a trace: all of it).")
+                                     "config.simulate.num_requests; a trace: all of it, or "
+                                     "its first N).")
 _SEED = flags.DEFINE_integer("seed", None, "Evaluation seed (workload draws).")
 _BASELINES = flags.DEFINE_list("baselines", list(evaluation.BASELINES),
                                f"Fixed baselines, some of {list(evaluation.BASELINES)}.")

@@ -70,8 +70,9 @@ def evaluate_workdir(workdir: str, out: str, overrides: dict | None = None,
   config = evaluation_config(train_config, overrides)
   profile = env_config.profile_from_config(config)
   workload = workload_from_config(config.workload, profile.tasks)
-  if config.workload.kind == "trace":
-    n = int(workload.requests.gap_us.shape[0]) if num_requests is None else int(num_requests)
+  if config.workload.kind == "trace":                       # the whole trace, at most n
+    n = int(workload.requests.gap_us.shape[0])
+    n = n if num_requests is None else min(n, int(num_requests))
   else:
     n = int(num_requests or config.simulate.num_requests)
   if n < 1:
