@@ -154,14 +154,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   select_best = bool(config.train.get("select_best", False))
   mngr = checkpoint.manager(workdir, int(config.train.keep_checkpoints))
   csv_path = os.path.join(workdir, "metrics.csv")
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config.to_dict(), f, indent=2, default=list)
-
   start_chunk, spent = 0, 0.0
   latest = mngr.latest_step()
   if latest is not None:
     saved_config, _ = checkpoint.read_config(workdir)
     _check_resume(saved_config.to_dict(), config)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(config.to_dict(), f, indent=2, default=list)
+  if latest is not None:
     ls, progress = checkpoint.restore_state(mngr, latest, jax.eval_shape(init, keys))
     start_chunk, spent = int(latest), float(progress["seconds"])
     log(f"resumed from {workdir} at chunk {start_chunk}/{trainer.num_chunks}")
