@@ -312,8 +312,6 @@ def test_resume_with_another_config_is_refused(trained, profile_path):
     train_lib.train(config, workdir, log=lambda s: None)
 
 
-@pytest.mark.xfail(strict=True, reason="train_lib.train writes config.json before checking "
-                   "that a resume uses the workdir's config (see report)")
 def test_refused_resume_leaves_the_workdir_config(trained, profile_path):
   workdir, _ = trained
   config = _serving_config(profile_path)

@@ -1,0 +1,126 @@
+"""launch/train.py and launch/evaluate.py end to end (subprocesses: absl flags cannot be
+defined twice in one process) on the tiny training run of `tests/test_dqn.py`.
+
+The subprocesses share a JAX persistent compilation cache with `tests/test_dqn.py` (in the
+pytest session's base directory): the same config gives the same programs, so a session
+that ran those tests first compiles little here. Heuristic tuning (`config.train.
+tune_heuristics`) is off: its grid search alone takes longer than all of these tests.
+"""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bes.router import train_lib
+from tests.test_dqn import SERVING, TINY_PROFILE, shared_dir, tiny_profile_path
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METRICS = ("availability", "mean_utility", "frac_windows_ge_96", "frac_windows_ge_98",
+           "perf_per_gpu", "p50_latency_s", "p99_latency_s")
+POLICIES = {"learned", "round_robin", "random"} | {f"static:{m['name']}"
+                                                   for m in TINY_PROFILE["models"]}
+
+
+def _flags(profile: str) -> list[str]:
+  values = dict(SERVING, profile=profile)
+  return [f"--config.{k}={str(v).lower() if isinstance(v, bool) else v}"
+          for k, v in values.items()]
+
+
+def _run(script: str, *args, cache: str | None = None):
+  env = dict(os.environ)
+  if cache:
+    env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  return subprocess.run([sys.executable, os.path.join(ROOT, "launch", script), *args],
+                        capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """(workdir, completed process, flags, cache) of one launch/train.py run."""
+  workdir = str(tmp_path_factory.mktemp("router") / "run")
+  flags = _flags(tiny_profile_path(tmp_path_factory))
+  cache = shared_dir(tmp_path_factory, "router_jax_cache")
+  return workdir, _run("train.py", f"--workdir={workdir}", *flags, cache=cache), flags, cache
+
+
+def _check_policies(result: dict, num_seeds: int = 2) -> None:
+  """The issue's format: {"peak", "policies": {name: {metric: value}}}."""
+  assert 0 < result["peak"] <= 1
+  assert set(result["policies"]) == POLICIES
+  for name, m in result["policies"].items():
+    for key in METRICS:
+      assert np.isfinite(m[key]), (name, key)
+    for key in ("availability", "frac_windows_ge_96", "frac_windows_ge_98"):
+      assert 0 <= m[key] <= 1, (name, key)
+    assert m["p50_latency_s"] <= m["p99_latency_s"] and m["mean_utility"] <= result["peak"]
+  learned = result["policies"]["learned"]
+  assert len(learned["seeds"]) == num_seeds
+  for key in METRICS:
+    assert learned[key] == pytest.approx(np.mean([s[key] for s in learned["seeds"]]))
+    assert f"{key}_std" in learned
+
+
+def test_train_writes_checkpoints_metrics_and_evaluation(trained):
+  workdir, r, _, _ = trained
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2"]
+  with open(os.path.join(workdir, "metrics.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert tuple(rows[0]) == train_lib.CSV_COLUMNS
+  assert [(row["chunk"], row["seed"], row["iteration"]) for row in rows] == [
+      ("1", "0", "40"), ("1", "1", "40"), ("2", "0", "80"), ("2", "1", "80")]
+  for row in rows:
+    assert 0 <= float(row["eval_availability"]) <= 1 and float(row["epsilon"]) == 1.0
+    assert int(row["decisions"]) > 0 and np.isfinite(float(row["loss"]))
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["dqn"]["num_iterations"] == SERVING["dqn.num_iterations"]
+  assert not os.path.exists(os.path.join(workdir, "heuristics.json"))   # tuning off
+  with open(os.path.join(workdir, "eval", "metrics.json")) as f:
+    result = json.load(f)
+  _check_policies(result)
+  assert result["num_requests"] == SERVING["simulate.num_requests"]
+  assert result["workload"]["rate"] == SERVING["workload.rate"] and result["overrides"] == {}
+  table = open(os.path.join(workdir, "eval", "table.txt")).read()
+  assert table.startswith("$ python ") and "learned" in table and "static:big" in table
+  assert "learned" in r.stdout and "trained in" in r.stdout
+
+
+def test_evaluate_applies_config_overrides(trained, tmp_path):
+  workdir, r, _, cache = trained
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = tmp_path / "eval_rate80"
+  r = _run("evaluate.py", f"--workdir={workdir}", f"--out={out}", "--config.workload.rate=80",
+           cache=cache)
+  assert r.returncode == 0, r.stderr[-3000:]
+  result = json.loads((out / "metrics.json").read_text())
+  _check_policies(result)
+  assert result["overrides"] == {"workload.rate": 80.0}
+  assert result["workload"]["rate"] == 80.0 and result["workload"]["kind"] == "poisson"
+  assert result["num_requests"] == SERVING["simulate.num_requests"]
+  # Twice the load on the same deployment: the trained run's evaluation at rate 40 differs.
+  base = json.loads(open(os.path.join(workdir, "eval", "metrics.json")).read())
+  assert result["policies"]["static:big"] != base["policies"]["static:big"]
+  assert (out / "table.txt").read_text().startswith("$ python ")
+
+
+def test_evaluate_without_checkpoint_fails_clearly(tmp_path):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  r = _run("evaluate.py", f"--workdir={empty}", f"--out={tmp_path / 'out'}")
+  assert r.returncode != 0
+  assert "evaluate.py: error: --workdir" in r.stderr and "no checkpoint" in r.stderr
+  assert "Traceback" not in r.stderr
+
+
+def test_resuming_with_another_config_fails_clearly(trained):
+  workdir, r, flags, cache = trained
+  assert r.returncode == 0, r.stderr[-3000:]
+  r = _run("train.py", f"--workdir={workdir}", *flags, "--config.dqn.gamma=0.5", cache=cache)
+  assert r.returncode != 0
+  assert "train.py: error:" in r.stderr and "dqn.gamma" in r.stderr
+  assert "Traceback" not in r.stderr
