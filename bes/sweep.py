@@ -329,14 +329,21 @@ def plot(agg: Sequence[Mapping[str, Any]], path: str, x: str, y: str, log_x: boo
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   import matplotlib.ticker  # pylint: disable=g-import-not-at-top
   others = [k for k in _point_keys(agg) if k != x]
+  # A categorical x (e.g. a workload name) is plotted at positions 0, 1, ... in grid order.
+  categories = list(dict.fromkeys(str(r.get(x)) for r in agg))
+  numeric = all(_number(r.get(x)) is not None for r in agg)
   lines: dict[str, list] = {}
   for r in agg:
     mean, std = mean_std(r, y)
-    if (series and r["policy"] not in series) or mean is None or _number(r.get(x)) is None:
+    if (series and r["policy"] not in series) or mean is None or r.get(x) is None:
       continue
     label = ", ".join([str(r["policy"])] + [f"{_short(k)}={r.get(k)}" for k in others])
-    lines.setdefault(label, []).append((float(r[x]), mean, std or 0.0))
+    pos = float(r[x]) if numeric else float(categories.index(str(r[x])))
+    lines.setdefault(label, []).append((pos, mean, std or 0.0))
   fig, ax = plt.subplots(figsize=(7, 4.5))
+  if not numeric:
+    ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right", fontsize=8)
+    log_x = False
   for label, pts in lines.items():
     pts.sort()
     ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
