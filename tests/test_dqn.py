@@ -10,8 +10,9 @@
   * Bad config values raise ValueErrors naming the field.
 
 Compiling the training program of the serving environment dominates the run time, so this
-module turns on JAX's persistent compilation cache (in a temporary directory, for this
-module only): identical programs built by different calls compile once.
+module turns on JAX's persistent compilation cache while it runs (in the pytest session's
+temporary directory, shared with `tests/test_router_launchers.py`): identical programs built
+by different calls compile once.
 """
 import csv
 import dataclasses
@@ -48,8 +49,9 @@ SERVING = {
     "env.queue_capacity": 2, "env.miss_penalty": 0.5, "dqn.num_envs": 4,
     "dqn.num_iterations": 80, "dqn.replay_capacity": 80, "dqn.batch_size": 16, "dqn.hidden": "8",
     "dqn.learning_starts": 10, "dqn.target_period": 20, "dqn.eps_start": 1.0, "dqn.eps_end": 1.0,
-    "dqn.terminal_episode_end": True,    "train.chunk_iterations": 40, "train.eval_episode_len": 16, "train.eval_episodes": 1,
-    "train.tune_heuristics": False, "simulate.num_requests": 60, "num_seeds": 2}
+    "dqn.terminal_episode_end": True, "train.chunk_iterations": 40,
+    "train.eval_episode_len": 16, "train.eval_episodes": 1, "train.tune_heuristics": False,
+    "simulate.num_requests": 60, "num_seeds": 2}
 
 
 def shared_dir(tmp_path_factory, name: str) -> str:
@@ -364,7 +366,7 @@ def test_load_policies_and_greedy_routing(trained, direct_runs, profile_path):
       field, value, reason in [
           ("dqn.huber_delta", 0.0, "not checked: a zero loss, nothing learns"),
           ("dqn.max_grad_norm", 0.0, "not checked: every update clipped to 0"),
-          ("dqn.center_rate", 1.5, "not checked: the running mean reward diverges"),
+          ("dqn.center_rate", 2.5, "not checked: above 2 the running mean reward diverges"),
           ("dqn.lr_final_frac", -0.5, "not checked: the decayed step size turns negative"),
           ("train.eval_episodes", 0, "not checked: evaluation divides by 0 requests (NaN)"),
           ("dqn.num_envs", "x", "int() fails with a message that names no field"),
