@@ -37,6 +37,11 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
+
+# JAX's --jax_* flags (e.g. --jax_cpu_enable_async_dispatch=false) are applied now: JAX reads
+# some when it creates its CPU client, which importing bes does.
+jax.config.parse_flags_with_absl()
+
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -210,7 +215,8 @@ def _time_calls(fn, arg, calls: int) -> dict:
 def _latency(config, calls: int, batch: int, profile) -> list[dict]:
   """Latency rows: the jitted LearnedPolicy with its params as an argument (as a server
   holding a trained policy would call it) and closed over (constants folded into the
-  program), for one observation [D] and for a batch [batch, D]."""
+  program), for one observation [D] and for a batch [batch, D], under this process's CPU
+  dispatch mode (`jax_cpu_enable_async_dispatch`)."""
   _, env, params, batched, eval_env, eval_params = train_lib.build_envs(config, profile)
   trainer = dqn.make_train(config, env, params, eval_env, eval_params, params_batched=batched)
   obs = _observations(env, float(config.dqn.rate_scale), batch, jax.random.PRNGKey(1))
@@ -218,6 +224,7 @@ def _latency(config, calls: int, batch: int, profile) -> list[dict]:
   policy = LearnedPolicy(params=net_params, network=trainer.network)
   as_argument = jax.jit(lambda pol, o: pol(None, o, None))
   closed_over = jax.jit(lambda o: policy(None, o, None))
+  dispatch = "async" if jax.config.read("jax_cpu_enable_async_dispatch") else "sync"
   rows = []
   for shape_name, o in (("one", obs[0]), (f"batch {batch}", obs)):
     cases = [("jit(LearnedPolicy), params as argument", lambda x: as_argument(policy, x), o),
@@ -226,9 +233,29 @@ def _latency(config, calls: int, batch: int, profile) -> list[dict]:
       start = time.perf_counter()
       jax.block_until_ready(fn(arg))
       first_s = time.perf_counter() - start
-      rows.append(dict(case=name, observations=shape_name, first_call_s=first_s,
-                       **_time_calls(fn, arg, calls), load_avg=_load()))
+      rows.append(dict(case=name, observations=shape_name, dispatch=dispatch,
+                       first_call_s=first_s, **_time_calls(fn, arg, calls), load_avg=_load()))
   return rows
+
+
+def _latency_sync_dispatch() -> list[dict]:
+  """The latency rows with synchronous CPU dispatch, from a child process of this launcher
+  (same flags, `--parts=latency --jax_cpu_enable_async_dispatch=false`): JAX reads the
+  setting when it creates its CPU client, so it cannot change in this process."""
+  drop, args, skip = ("--parts", "-parts", "--out", "-out"), [], False
+  for a in sys.argv[1:]:                  # without --parts/--out (as '--out=x' or '--out x')
+    if not skip and a.split("=")[0] not in drop:
+      args.append(a)
+    skip = a in drop
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "latency")
+    child = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), *args, "--parts=latency", f"--out={out}",
+         "--jax_cpu_enable_async_dispatch=false"], capture_output=True, text=True)
+    if child.returncode:
+      raise RuntimeError(f"latency child process failed:\n{child.stderr[-3000:]}")
+    with open(out + ".json") as f:
+      return json.load(f)["latency"]
 
 
 # ------------------------------------------------------------------------------ report
@@ -302,12 +329,16 @@ def _markdown(result: dict) -> str:
         "## Router decision latency (target: one decision < 50 us)", "",
         f"Greedy decision = argmax of the Q-network, per call, blocking on each "
         f"(`jax.block_until_ready`), after 20 warm-up calls; untrained weights (the cost does not "
-        f"depend on their values), synthetic observations of the environment's layout.", "",
-        "| case | observations | calls | median (us) | p99 (us) | mean (us) |",
-        "|---|---|---:|---:|---:|---:|"]
+        f"depend on their values), synthetic observations of the environment's layout. "
+        "Dispatch 'async' is JAX's default on CPU (the program runs on a worker thread; the "
+        "caller waits for it), 'sync' runs it on the calling thread "
+        "(`--jax_cpu_enable_async_dispatch=false`, or `jax.config.update` before JAX creates its "
+        "CPU client; these rows come from a child process).", "",
+        "| case | dispatch | observations | calls | median (us) | p99 (us) | mean (us) |",
+        "|---|---|---|---:|---:|---:|---:|"]
     for r in result["latency"]:
-      lines.append(f"| {r['case']} | {r['observations']} | {r['calls']} | {r['median_us']:.1f} | "
-                   f"{r['p99_us']:.1f} | {r['mean_us']:.1f} |")
+      lines.append(f"| {r['case']} | {r['dispatch']} | {r['observations']} | {r['calls']} | "
+                   f"{r['median_us']:.1f} | {r['p99_us']:.1f} | {r['mean_us']:.1f} |")
     lines.append("")
   return "\n".join(lines)
 
@@ -345,8 +376,10 @@ def run(config, parts) -> dict:
               f"updates/s (compile {row['compile_s']:.1f} s)", flush=True)
   if "latency" in parts:
     result["latency"] = _latency(config, _CALLS.value, _BATCH.value, profile)
+    if jax.config.read("jax_cpu_enable_async_dispatch"):
+      result["latency"] += _latency_sync_dispatch()
     for r in result["latency"]:
-      print(f"{r['case']:40s} {r['observations']:>10s}: median {r['median_us']:8.1f} us "
+      print(f"{r['case']:40s} {r['dispatch']:>5s} {r['observations']:>10s}: median {r['median_us']:8.1f} us "
             f"p99 {r['p99_us']:8.1f} us", flush=True)
   if "convergence" in parts:
     result["convergence"] = []

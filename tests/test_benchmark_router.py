@@ -61,10 +61,11 @@ def test_all_parts_on_tiny_sizes(tmp_path):
   assert conv["host_s_to_95_final"] == hosts[first]
   assert conv["csv_s_to_95_final"] == conv["csv_seconds"][first]
 
-  cases = {(x["case"], x["observations"]) for x in res["latency"]}
-  assert ("jit(LearnedPolicy), params as argument", "one") in cases
-  assert ("jit(LearnedPolicy), params as argument", "batch 5") in cases
-  assert len(cases) == len(res["latency"]) == 4
+  cases = {(x["case"], x["dispatch"], x["observations"]) for x in res["latency"]}
+  for dispatch in ("async", "sync"):             # sync: from a child process
+    assert ("jit(LearnedPolicy), params as argument", dispatch, "one") in cases
+    assert ("jit(LearnedPolicy), params as argument", dispatch, "batch 5") in cases
+  assert len(cases) == len(res["latency"]) == 8
   for x in res["latency"]:
     assert x["calls"] == 30 and 0 < x["min_us"] <= x["median_us"] <= x["p99_us"]
 
