@@ -87,7 +87,7 @@ def profile_path(tmp_path_factory):
   return tiny_profile_path(tmp_path_factory)
 
 
-# ------------------------------------------------------------------ a tabular MDP behind the env API
+# ------------------------------------------------------------- a tabular MDP behind the env API
 @struct.dataclass
 class TabularParams:
   """reward: float32 [S, A]; next_state: int32 [S, A]; miss_penalty: read by credit mode only."""
@@ -139,7 +139,8 @@ class TabularEnv:
     del key
     go, action = state.ready, jnp.asarray(action, jnp.int32)
     remaining = jnp.where(go, 1 + action, state.remaining)
-    remaining = remaining - (remaining if max_passes is None else jnp.minimum(remaining, max_passes))
+    passes = remaining if max_passes is None else jnp.minimum(remaining, max_passes)
+    remaining = remaining - passes
     reward = jnp.where(go, params.reward[state.task, action], state.reward)
     next_task = jnp.where(go, params.next_state[state.task, action], state.next_task)
     decided = remaining == 0
