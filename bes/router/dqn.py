@@ -104,8 +104,23 @@ def _check(config) -> None:
                   n_step=d.n_step, max_passes=d.max_passes, num_iterations=d.num_iterations,
                   updates_per_iteration=d.updates_per_iteration, target_period=d.target_period)
   for name, value in positive.items():
-    if int(value) < 1:
+    try:
+      ok = int(value) >= 1
+    except (TypeError, ValueError):
+      ok = False
+    if not ok:
       raise ValueError(f"config.dqn.{name}: expected an integer >= 1, got {value!r}")
+  for name in ("huber_delta", "max_grad_norm"):
+    if not float(d[name]) > 0:
+      raise ValueError(f"config.dqn.{name}: expected > 0, got {d[name]!r}")
+  for name, default in (("center_rate", 0.0), ("lr_final_frac", 1.0)):
+    if not 0.0 <= float(d.get(name, default)) <= 1.0:
+      raise ValueError(f"config.dqn.{name}: expected a value in [0, 1], got {d.get(name)!r}")
+  if int(t.eval_episodes) < 1:
+    raise ValueError(f"config.train.eval_episodes: expected an integer >= 1, got {t.eval_episodes!r}")
+  if int(t.eval_episode_len) < 1:
+    raise ValueError(f"config.train.eval_episode_len: expected an integer >= 1, got "
+                     f"{t.eval_episode_len!r}")
   if int(t.chunk_iterations) < 1 or int(d.num_iterations) % int(t.chunk_iterations):
     raise ValueError(f"config.train.chunk_iterations: expected a divisor of config.dqn."
                      f"num_iterations={d.num_iterations}, got {t.chunk_iterations!r}")
