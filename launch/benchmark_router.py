@@ -151,9 +151,10 @@ def _convergence(config, num_seeds: int) -> dict:
   """Trains `config` with `num_seeds` seeds in a temporary workdir; time to 95% of the final
   seed-mean evaluation utility.
 
-  Two clocks, both from the start of `train_lib.train` (compilation included), in seconds:
-  `csv_seconds` is the `seconds` column of metrics.csv; `host_seconds` is taken when
-  `train` logs a chunk, after its statistics are on the host (and its checkpoint saved).
+  Two clocks, in seconds, compilation included: `csv_seconds` is the `seconds` column of
+  metrics.csv (its clock starts after `init`; taken before the chunk's results are ready);
+  `host_seconds` counts from the call of `train_lib.train` and is taken when `train` logs a
+  chunk, after its statistics are on the host (and its checkpoint saved).
   """
   cfg = _with(config, num_seeds=num_seeds)
   host_seconds = []
@@ -321,9 +322,11 @@ def _markdown(result: dict) -> str:
     lines += [
         "", "Note on the two clocks: `train_lib.train` takes a row's `seconds` right after "
         "dispatching the chunk and its evaluation, which JAX runs asynchronously, so (once "
-        "compiled) a row's csv `seconds` is about when the previous chunk ended; 'host' seconds "
-        "are taken when `train` logs the chunk, after its statistics reached the host and its "
-        "checkpoint was written, and are the ones to trust.", ""]
+        "compiled) a row's csv `seconds` is about when the previous chunk ended, and its clock "
+        "starts after the environments are built and `init` is compiled and run. 'host' seconds "
+        "count from the call of `train` and are taken when it logs the chunk, after the chunk's "
+        "statistics reached the host and its checkpoint was written: they are the ones to "
+        "trust.", ""]
   if result.get("latency"):
     lines += [
         "## Router decision latency (target: one decision < 50 us)", "",
