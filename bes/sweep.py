@@ -230,10 +230,12 @@ def aggregate(rows: Sequence[Mapping[str, Any]], seed_key: str = SEED_KEY) -> li
 
 
 def mean_std(row: Mapping[str, Any], metric: str) -> tuple[float | None, float | None]:
-  """(mean, std) of `metric` in an aggregated row (std None without a seed axis)."""
+  """(mean, std) of `metric` in an aggregated row: over the grid's seed axis, else the
+  spread the launcher reported itself (`<metric>_std`, e.g. over a router's seeds), else
+  None."""
   if f"{metric}_mean" in row:
     return _number(row[f"{metric}_mean"]), _number(row.get(f"{metric}_std"))
-  return _number(row.get(metric)), None
+  return _number(row.get(metric)), _number(row.get(f"{metric}_std"))
 
 
 def to_csv(agg: Sequence[Mapping[str, Any]]) -> str:
