@@ -330,10 +330,11 @@ def plot(agg: Sequence[Mapping[str, Any]], path: str, x: str, y: str, log_x: boo
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   import matplotlib.ticker  # pylint: disable=g-import-not-at-top
-  others = [k for k in _point_keys(agg) if k != x]
-  # A categorical x (e.g. a workload name) is plotted at positions 0, 1, ... in grid order.
+  # A categorical x (e.g. a workload name) is plotted at positions 0, 1, ... in grid order,
+  # one marker per policy (the other point keys vary with the category: not in the labels).
   categories = list(dict.fromkeys(str(r.get(x)) for r in agg))
   numeric = all(_number(r.get(x)) is not None for r in agg)
+  others = [k for k in _point_keys(agg) if k != x] if numeric else []
   lines: dict[str, list] = {}
   for r in agg:
     mean, std = mean_std(r, y)
@@ -346,10 +347,11 @@ def plot(agg: Sequence[Mapping[str, Any]], path: str, x: str, y: str, log_x: boo
   if not numeric:
     ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right", fontsize=8)
     log_x = False
-  for label, pts in lines.items():
+  for i, (label, pts) in enumerate(lines.items()):
     pts.sort()
-    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
-                marker="o", capsize=3, label=label)
+    shift = 0.0 if numeric else 0.6 * (i / max(len(lines) - 1, 1) - 0.5)
+    ax.errorbar([p[0] + shift for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
+                marker="o", capsize=3, label=label, linestyle="-" if numeric else "none")
   if log_x:
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
