@@ -175,7 +175,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     if stop_after_chunks is not None and c - start_chunk >= stop_after_chunks:
       break
     ls, stats = chunk(ls)
-    ev = evaluate(ls, eval_keys)
+    ev = jax.block_until_ready(evaluate(ls, eval_keys))   # so `seconds` is when it ended
     ls = keep_best(ls, ev)
     rows = _rows(c + 1, time.time() - t0, stats, ev, np.asarray(ls.iteration))
     _append_csv(csv_path, rows)
