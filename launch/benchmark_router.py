@@ -1,21 +1,14 @@
 r"""Learned-router benchmarks: training throughput, time to a trained router, decision latency.
 
-Three parts (`--parts`), all timed after compilation with `jax.block_until_ready`:
-  throughput   `jit(vmap(trainer.chunk))` (as `bes.router.train_lib` runs it) for each
-               `--num_envs` x `--num_seeds`: environment calls/s, routing decisions/s
-               (decided transitions) and gradient updates/s, all seeds together; median
-               of `--repeats` chunks of `--chunk_iterations` iterations, timed once every
-               seed is past `config.dqn.learning_starts` (so every iteration learns);
-               compile time (lower + compile) separately.
-  convergence  `train_lib.train(config, tmpdir)` on the config as given, for each of
-               `--convergence_seeds`: the first wall-clock second at which the seed-mean
-               evaluation utility reaches 95% of the final one (and of the mean of the last
-               three chunks, the evaluation being noisy), and the total time. Seconds both
-               from `metrics.csv` and as seen by the caller after each chunk's results are
-               on the host (see `_convergence`).
-  latency      the greedy `LearnedPolicy` jitted, for one observation and for a batch of
-               `--latency_batch`: median and p99 microseconds per call over `--latency_calls`
-               calls, blocking on each.
+Parts (`--parts`), timed after compilation with `jax.block_until_ready`:
+  throughput   `jit(vmap(trainer.chunk))` as `bes.router.train_lib` runs it, per `--num_envs` x
+               `--num_seeds`: env calls/s, routing decisions/s and gradient updates/s (all seeds
+               together), median of `--repeats` chunks timed past `learning_starts`; compile s.
+  convergence  `train_lib.train(config, tmpdir)` per `--convergence_seeds`: the first second at
+               which the seed-mean evaluation utility reaches 95% of the final one (and of the
+               last three chunks' mean: the evaluation is noisy), and the total seconds.
+  latency      the greedy `LearnedPolicy` jitted, one observation and a batch: median and p99
+               microseconds over `--latency_calls` blocking calls, async and sync CPU dispatch.
 
   python launch/benchmark_router.py --config=configs/default.py --out=results/router_benchmark
 """
@@ -54,7 +47,7 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file.")
 _OUT = flags.DEFINE_string("out", "results/router_benchmark", "Writes OUT.json and OUT.md.")
 _PARTS = flags.DEFINE_list("parts", list(PARTS), f"Parts to run, of {PARTS}.")
-_NUM_ENVS = flags.DEFINE_list("num_envs", ["16", "64", "256"], "Throughput: parallel envs per seed.")
+_NUM_ENVS = flags.DEFINE_list("num_envs", ["16", "64", "256"], "Throughput: envs per seed.")
 _NUM_SEEDS = flags.DEFINE_list("num_seeds", ["1", "3"], "Throughput: seeds vmapped together.")
 _CHUNK = flags.DEFINE_integer("chunk_iterations", 500, "Throughput: iterations per timed chunk "
                               "(a divisor of config.dqn.num_iterations).")
@@ -66,24 +59,17 @@ FRACTION = 0.95
 
 
 def _positive_ints(values, flag: str) -> list[int]:
-  try:
-    out = [int(v) for v in values]
-  except ValueError:
-    raise ValueError(f"--{flag}: expected integers >= 1, got {','.join(values)!r}") from None
+  """A list flag's integers, each >= 1 (ValueError naming `--flag` otherwise)."""
+  out = [int(v) if v.strip().isdigit() else 0 for v in values]
   if not out or min(out) < 1:
     raise ValueError(f"--{flag}: expected integers >= 1, got {','.join(values)!r}")
   return out
 
 
-def _with(config, **keys):
-  """A copy of `config` with dotted keys replaced, e.g. `_with(c, **{'dqn.num_envs': 16})`."""
+def _with(config, updates: dict):
+  """A copy of `config` with dotted keys replaced, e.g. `{'dqn.num_envs': 16}`."""
   cfg = config.copy_and_resolve_references()
-  for dotted, value in keys.items():
-    *path, last = dotted.split(".")
-    node = cfg
-    for p in path:
-      node = node[p]
-    node[last] = value
+  cfg.update_from_flattened_dict(updates)
   return cfg
 
 
@@ -104,8 +90,8 @@ def _load() -> list[float]:
 def _throughput(config, num_envs: int, num_seeds: int, chunk_iterations: int, repeats: int,
                 profile) -> dict:
   """One throughput row: compile seconds and median env calls/s, decisions/s, updates/s."""
-  cfg = _with(config, **{"dqn.num_envs": num_envs, "num_seeds": num_seeds,
-                         "train.chunk_iterations": chunk_iterations})
+  cfg = _with(config, {"dqn.num_envs": num_envs, "num_seeds": num_seeds,
+                       "train.chunk_iterations": chunk_iterations})
   _, env, params, batched, eval_env, eval_params = train_lib.build_envs(cfg, profile)
   trainer = dqn.make_train(cfg, env, params, eval_env, eval_params, params_batched=batched)
   ls = jax.block_until_ready(jax.jit(jax.vmap(trainer.init))(train_lib.seed_keys(cfg)))
@@ -136,10 +122,7 @@ def _throughput(config, num_envs: int, num_seeds: int, chunk_iterations: int, re
 # ------------------------------------------------------------------------------ convergence
 def _first_reaching(seconds, values, target: float):
   """The first `seconds[i]` with `values[i] >= target` (None if never)."""
-  for s, v in zip(seconds, values):
-    if v >= target:
-      return s
-  return None
+  return next((s for s, v in zip(seconds, values) if v >= target), None)
 
 
 def _target(reference: float) -> float:
@@ -156,7 +139,7 @@ def _convergence(config, num_seeds: int) -> dict:
   `host_seconds` counts from the call of `train_lib.train` and is taken when `train` logs a
   chunk, after its statistics are on the host (and its checkpoint saved).
   """
-  cfg = _with(config, num_seeds=num_seeds)
+  cfg = _with(config, {"num_seeds": num_seeds})
   host_seconds = []
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
@@ -171,15 +154,15 @@ def _convergence(config, num_seeds: int) -> dict:
     with open(os.path.join(workdir, "metrics.csv")) as f:
       rows = list(csv.DictReader(f))
   chunks = sorted({int(r["chunk"]) for r in rows})
-  by_chunk = {c: [r for r in rows if int(r["chunk"]) == c] for c in chunks}
-  utility = [float(np.mean([float(r["eval_mean_utility"]) for r in by_chunk[c]])) for c in chunks]
-  csv_seconds = [float(by_chunk[c][0]["seconds"]) for c in chunks]
+  by_chunk = [[r for r in rows if int(r["chunk"]) == c] for c in chunks]
+  per_seed = [[float(r["eval_mean_utility"]) for r in rs] for rs in by_chunk]
+  utility = [float(np.mean(u)) for u in per_seed]
+  csv_seconds = [float(rs[0]["seconds"]) for rs in by_chunk]
   final, last3 = utility[-1], float(np.mean(utility[-3:]))
-  result = dict(num_seeds=num_seeds, chunks=chunks, iterations=int(by_chunk[chunks[-1]][0]["iteration"]),
+  result = dict(num_seeds=num_seeds, chunks=chunks, iterations=int(by_chunk[-1][0]["iteration"]),
                 eval_mean_utility=utility, csv_seconds=csv_seconds, host_seconds=host_seconds,
                 final_utility=final, last3_mean_utility=last3, total_s=total_s,
-                final_utility_per_seed=[float(r["eval_mean_utility"]) for r in by_chunk[chunks[-1]]],
-                load_avg=_load())
+                final_utility_per_seed=per_seed[-1], load_avg=_load())
   for name, reference in (("final", final), ("last3", last3)):
     target = _target(reference)
     result[f"target_{name}"] = target
@@ -264,8 +247,16 @@ def _fmt(x, spec=".1f", none="not reached"):
   return none if x is None else format(x, spec)
 
 
+def _table(header: str, rows) -> list[str]:
+  """Markdown table lines: columns named by `header` ('a|b'), one row per tuple of cells."""
+  names = header.split("|")
+  return ["| " + " | ".join(names) + " |", "|" + "---|" * len(names),
+          *("| " + " | ".join(map(str, row)) + " |" for row in rows), ""]
+
+
 def _markdown(result: dict) -> str:
-  c = result["config"]
+  """The report: machine and config, then one section and table per part run."""
+  c, git = result["config"], result["git"]
   lines = [
       "# Learned-router benchmarks", "",
       f"Command: `{result['command']}`", "",
@@ -274,12 +265,12 @@ def _markdown(result: dict) -> str:
       f"with other processes possibly running; load average (1/5/15 min) at the start "
       f"{result['load_avg_start']}, at the end {result['load_avg_end']} (each row's load is in the "
       f"JSON). Config `{result['config_file']}`: workload {c['workload']['kind']} at "
-      f"{c['workload']['rate']} req/s, hidden {c['dqn']['hidden']}, batch {c['dqn']['batch_size']}, "
-      f"{c['dqn']['updates_per_iteration']} update(s) per iteration, max_passes "
-      f"{c['dqn']['max_passes']}, credit '{c['dqn']['credit']}'. Code: commit "
-      f"{result['git']['commit'][:10]}"
-      + (f", with uncommitted changes to {', '.join(x[3:] for x in result['git']['uncommitted'])}"
-         if result["git"]["uncommitted"] else "") + "."
+      f"{c['workload']['rate']} req/s, hidden {c['dqn']['hidden']}, batch "
+      f"{c['dqn']['batch_size']}, {c['dqn']['updates_per_iteration']} update(s) per iteration, "
+      f"max_passes {c['dqn']['max_passes']}, credit '{c['dqn']['credit']}'. Code: commit "
+      f"{git['commit'][:10]}" + (f", with uncommitted changes to "
+                                 f"{', '.join(x[3:] for x in git['uncommitted'])}"
+                                 if git["uncommitted"] else "") + "."
       + (f" JAX persistent compilation cache `{result['compilation_cache_dir']}`: compile "
          "times may be cache hits." if result.get("compilation_cache_dir") else ""), ""]
   if result.get("throughput"):
@@ -290,14 +281,11 @@ def _markdown(result: dict) -> str:
         f"{r0['warmup_chunks']} warm-up chunk(s) (past `learning_starts`, so each iteration does "
         f"its gradient update(s)); median over {len(r0['chunk_s'])} chunks. All rates count all "
         "seeds together; an env call is one `step_async` of one environment, a decision a "
-        "decided transition (a request routed), an update one gradient step of one seed.", "",
-        "| envs/seed | seeds | env calls/s | decisions/s | updates/s | chunk (s) | compile (s) |",
-        "|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in result["throughput"]:
-      lines.append(f"| {r['num_envs']} | {r['num_seeds']} | {r['env_calls_per_s']:,.0f} | "
-                   f"{r['decisions_per_s']:,.0f} | {r['updates_per_s']:,.0f} | "
-                   f"{r['median_chunk_s']:.2f} | {r['compile_s']:.1f} |")
-    lines.append("")
+        "decided transition (a request routed), an update one gradient step of one seed.", ""]
+    lines += _table("envs/seed|seeds|env calls/s|decisions/s|updates/s|chunk (s)|compile (s)", [
+        (r["num_envs"], r["num_seeds"], f"{r['env_calls_per_s']:,.0f}",
+         f"{r['decisions_per_s']:,.0f}", f"{r['updates_per_s']:,.0f}",
+         f"{r['median_chunk_s']:.2f}", f"{r['compile_s']:.1f}") for r in result["throughput"]])
   if result.get("convergence"):
     lines += [
         "## Time to 95% of the final evaluation utility (default config, target < 2 min)", "",
@@ -305,16 +293,16 @@ def _markdown(result: dict) -> str:
         "after every chunk), wall clock from its start, compilation included. Utility: the "
         "seed-mean greedy evaluation utility per request after each chunk. 'csv' seconds are "
         "metrics.csv's `seconds` column; 'host' seconds are taken when the chunk's results reach "
-        "the host (see the note below).", "",
-        "| seeds | chunks | final utility | last-3 mean | 95% final: csv / host (s) | "
-        "95% last-3: csv / host (s) | total (s) |", "|---:|---:|---:|---:|---|---|---:|"]
-    for r in result["convergence"]:
-      lines.append(
-          f"| {r['num_seeds']} | {len(r['chunks'])} | {r['final_utility']:.4f} | "
-          f"{r['last3_mean_utility']:.4f} | {_fmt(r['csv_s_to_95_final'])} / "
-          f"{_fmt(r['host_s_to_95_final'])} | {_fmt(r['csv_s_to_95_last3'])} / "
-          f"{_fmt(r['host_s_to_95_last3'])} | {r['total_s']:.1f} |")
-    lines += ["", "Per chunk (seed-mean evaluation utility @ host seconds):", ""]
+        "the host (see the note below).", ""]
+    lines += _table(
+        "seeds|chunks|final utility|last-3 mean|95% final: csv / host (s)|"
+        "95% last-3: csv / host (s)|total (s)",
+        [(r["num_seeds"], len(r["chunks"]), f"{r['final_utility']:.4f}",
+          f"{r['last3_mean_utility']:.4f}",
+          f"{_fmt(r['csv_s_to_95_final'])} / {_fmt(r['host_s_to_95_final'])}",
+          f"{_fmt(r['csv_s_to_95_last3'])} / {_fmt(r['host_s_to_95_last3'])}",
+          f"{r['total_s']:.1f}") for r in result["convergence"]])
+    lines += ["Per chunk (seed-mean evaluation utility @ host seconds):", ""]
     for r in result["convergence"]:
       points = ", ".join(f"{u:.3f} @ {s:.0f}" for u, s in zip(r["eval_mean_utility"],
                                                                 r["host_seconds"]))
@@ -336,13 +324,10 @@ def _markdown(result: dict) -> str:
         "Dispatch 'async' is JAX's default on CPU (the program runs on a worker thread; the "
         "caller waits for it), 'sync' runs it on the calling thread "
         "(`--jax_cpu_enable_async_dispatch=false`, or `jax.config.update` before JAX creates its "
-        "CPU client; these rows come from a child process).", "",
-        "| case | dispatch | observations | calls | median (us) | p99 (us) | mean (us) |",
-        "|---|---|---|---:|---:|---:|---:|"]
-    for r in result["latency"]:
-      lines.append(f"| {r['case']} | {r['dispatch']} | {r['observations']} | {r['calls']} | "
-                   f"{r['median_us']:.1f} | {r['p99_us']:.1f} | {r['mean_us']:.1f} |")
-    lines.append("")
+        "CPU client; these rows come from a child process).", ""]
+    lines += _table("case|dispatch|observations|calls|median (us)|p99 (us)|mean (us)", [
+        (r["case"], r["dispatch"], r["observations"], r["calls"], f"{r['median_us']:.1f}",
+         f"{r['p99_us']:.1f}", f"{r['mean_us']:.1f}") for r in result["latency"]])
   return "\n".join(lines)
 
 
@@ -350,7 +335,7 @@ def run(config, parts) -> dict:
   """Runs the chosen parts; returns the JSON-ready result."""
   num_envs = _positive_ints(_NUM_ENVS.value, "num_envs")
   num_seeds = _positive_ints(_NUM_SEEDS.value, "num_seeds")
-  conv_seeds = _positive_ints(_CONV_SEEDS.value, "convergence_seeds") if "convergence" in parts else []
+  conv_seeds = _positive_ints(_CONV_SEEDS.value, "convergence_seeds")
   chunk, repeats = _CHUNK.value, _REPEATS.value
   if chunk < 1 or int(config.dqn.num_iterations) % chunk:
     raise ValueError(f"--chunk_iterations: expected a divisor of config.dqn.num_iterations="
@@ -364,7 +349,6 @@ def run(config, parts) -> dict:
   result = dict(command="python " + " ".join(sys.argv), date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                 jax=jax.__version__, devices=[str(d) for d in jax.devices()],
                 cpu_count=os.cpu_count(), machine=platform.machine(), load_avg_start=_load(),
-                uptime=subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
                 config_file=config_flags.get_config_filename(flags.FLAGS["config"]),
                 compilation_cache_dir=jax.config.jax_compilation_cache_dir or None,
                 git=_git(), config=config.to_dict(), parts=list(parts))
@@ -382,8 +366,8 @@ def run(config, parts) -> dict:
     if jax.config.read("jax_cpu_enable_async_dispatch"):
       result["latency"] += _latency_sync_dispatch()
     for r in result["latency"]:
-      print(f"{r['case']:40s} {r['dispatch']:>5s} {r['observations']:>10s}: median {r['median_us']:8.1f} us "
-            f"p99 {r['p99_us']:8.1f} us", flush=True)
+      print(f"{r['case']:40s} {r['dispatch']:>5s} {r['observations']:>10s}: median "
+            f"{r['median_us']:8.1f} us p99 {r['p99_us']:8.1f} us", flush=True)
   if "convergence" in parts:
     result["convergence"] = []
     for s in conv_seeds:
