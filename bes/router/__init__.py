@@ -6,4 +6,6 @@
   dqn.py        make_train(config, env, params): init / chunk / evaluate, jit(vmap) over seeds
   checkpoint.py orbax checkpoints holding the learner state and the full config
   policy.py     LearnedPolicy: the greedy router behind the common policy interface
+  train_lib.py  train(config, workdir): chunks, evaluation, metrics.csv, checkpoints, resume
+  eval_lib.py   heuristics tuned for a run; a run evaluated against every baseline
 """
