@@ -331,10 +331,15 @@ def plot(agg: Sequence[Mapping[str, Any]], path: str, x: str, y: str, log_x: boo
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   import matplotlib.ticker  # pylint: disable=g-import-not-at-top
   # A categorical x (e.g. a workload name) is plotted at positions 0, 1, ... in grid order,
-  # one marker per policy (the other point keys vary with the category: not in the labels).
+  # one marker per series; labels name the other point keys that vary within a category
+  # (keys that only describe the category, e.g. a workload's kind, are left out).
   categories = list(dict.fromkeys(str(r.get(x)) for r in agg))
   numeric = all(_number(r.get(x)) is not None for r in agg)
-  others = [k for k in _point_keys(agg) if k != x] if numeric else []
+  others = [k for k in _point_keys(agg) if k != x]
+  if not numeric:
+    others = [k for k in others
+              if any(len({str(r.get(k)) for r in agg if str(r.get(x)) == c}) > 1
+                     for c in categories)]
   lines: dict[str, list] = {}
   for r in agg:
     mean, std = mean_std(r, y)

@@ -71,11 +71,18 @@ def load_policies(workdir: str):
 
   config, step = read_config(workdir)
   profile = env_config.profile_from_config(config)
+  from bes.router import features as features_lib
   network = make_qnetwork(len(profile.models), len(profile.tasks), config.dqn)
-  obs = jnp.zeros((1, len(profile.tasks) + len(profile.models) + 1), jnp.float32)
+  features = features_lib.check(str(config.dqn.get("features", "paper")))
+  size = (len(profile.tasks) + len(profile.models) + 1
+          + features_lib.extra_size(features, len(profile.models)))
+  obs = jnp.zeros((1, size), jnp.float32)
   keys = jax.random.split(jax.random.PRNGKey(0), int(config.num_seeds))
   like = jax.eval_shape(jax.vmap(lambda k: network.init(k, obs)), keys)
   params = restore_params(workdir, step, like)
-  seeds = [LearnedPolicy(params=jax.tree_util.tree_map(lambda x, s=s: x[s], params), network=network)
+  static = dict(network=network, features=features,
+                max_batch=tuple(m.max_batch for m in profile.models),
+                queue_capacity=int(config.env.queue_capacity))
+  seeds = [LearnedPolicy(params=jax.tree_util.tree_map(lambda x, s=s: x[s], params), **static)
            for s in range(int(config.num_seeds))]
   return config, seeds

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from bes.env.serving_env import EnvParams, ServingEnv
+from bes.router import features as features_lib
 from bes.router import losses, replay as replay_lib
 from bes.router.qnetwork import QNetwork, make_qnetwork
 
@@ -178,17 +179,25 @@ def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: Serving
   params_axis = 0 if params_batched else None
   v_reset = jax.vmap(env.reset, in_axes=(0, params_axis))
   v_step = jax.vmap(env.step_async, in_axes=(0, 0, 0, params_axis, None))
+  features = features_lib.check(str(d.get("features", "paper")))
+  obs_size = env.obs_size + features_lib.extra_size(features, num_actions)
+  # The deployment's shape, which the 'queues' features need (any env works without them).
+  max_batch, queue_capacity = ((tuple(env.max_batch), env.queue_capacity)
+                               if features != "paper" else ((), 0))
+  v_features = jax.vmap(lambda o, s: features_lib.extend(o, s, features, max_batch,
+                                                         queue_capacity))
 
   def init(key: jax.Array) -> LearnerState:
     k_net, k_env, k_run = jax.random.split(key, 3)
     obs, state = v_reset(jax.random.split(k_env, num_envs), env_params)
+    obs = v_features(obs, state)
     params = network.init(k_net, obs[:1])
     zeros = jnp.zeros(num_envs, jnp.int32)
     envs = Envs(state=state, obs=obs, pending_obs=obs, pending_action=zeros, pending_index=zeros,
                 pending_reward=jnp.zeros(num_envs, jnp.float32),
                 pending_resolved=jnp.zeros(num_envs, bool), episode_base=zeros)
     return LearnerState(params=params, target_params=params, opt_state=optimiser.init(params),
-                        replay=replay_lib.init(num_envs, int(d.replay_capacity), env.obs_size),
+                        replay=replay_lib.init(num_envs, int(d.replay_capacity), obs_size),
                         envs=envs, key=k_run, iteration=jnp.int32(0), updates=jnp.int32(0),
                         reward_mean=jnp.float32(0), best_params=params,
                         best_utility=jnp.float32(-jnp.inf))
@@ -246,6 +255,7 @@ def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: Serving
         pending_index=jnp.where(ready, envs.state.index, envs.pending_index))
     obs, state, step_reward, done, decided, info = v_step(
         jax.random.split(k_step, num_envs), envs.state, action, env_params, int(d.max_passes))
+    obs = v_features(obs, state)
     reward = step_reward
     if credit_requests:
       replay, pending = _credit(ls.replay, pending, ready, info, decided)
@@ -296,7 +306,8 @@ def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: Serving
     """Greedy routing over `num_episodes` whole evaluation episodes (one decision per step)."""
     from bes.env import rollout as rollout_lib
     from bes.router.policy import LearnedPolicy
-    policy = LearnedPolicy(params=ls.params, network=network)
+    policy = LearnedPolicy(params=ls.params, network=network, features=features,
+                           max_batch=max_batch, queue_capacity=queue_capacity)
     run = lambda k: rollout_lib.rollout(eval_env, eval_params, policy, k, eval_env.episode_len)[1]
     traj = jax.vmap(run)(jax.random.split(key, num_episodes))
     n = num_episodes * eval_env.episode_len

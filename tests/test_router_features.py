@@ -1,0 +1,78 @@
+"""bes/router/features.py: the opt-in 'queues' observation features, end to end."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bes import policies
+from bes.env import config as env_config
+from bes.router import dqn, features
+from bes.router.policy import LearnedPolicy
+from bes.router.qnetwork import make_qnetwork
+from configs import default
+
+
+def _config():
+  c = default.get_config()
+  c.workload.kind = "poisson"
+  c.workload.rate = 200.0           # enough load that instances queue
+  c.env.queue_capacity = 4
+  c.env.episode_len = 64
+  c.dqn.num_envs, c.dqn.batch_size, c.dqn.replay_capacity = 4, 8, 32
+  c.dqn.num_iterations, c.dqn.learning_starts = 20, 2
+  c.train.chunk_iterations, c.train.eval_episode_len, c.train.eval_episodes = 10, 16, 1
+  c.dqn.features = "queues"
+  return c
+
+
+def _loaded_state(config, steps=40):
+  env, params, profile = env_config.env_from_config(config)
+  obs, state = env.reset(jax.random.PRNGKey(0), params)
+  big = policies.static(len(profile.models) - 1, len(profile.tasks), len(profile.models))
+  step = jax.jit(lambda k, s, a: env.step(k, s, a, params))
+  for i in range(steps):
+    obs, state, *_ = step(jax.random.PRNGKey(i + 1), state, big(jax.random.PRNGKey(0), obs, state))
+  return env, obs, state
+
+
+def test_queue_features_hand_computed():
+  config = _config()
+  env, obs, state = _loaded_state(config)
+  got = np.asarray(features.extend(obs, state, "queues", env.max_batch, env.queue_capacity))
+  m, t = env.num_models, env.num_tasks
+  assert got.shape == (t + 3 * m + 1,)
+  np.testing.assert_array_equal(got[:t + m], np.asarray(obs[:-1]))
+  assert got[-1] == obs[-1]                                    # the rate stays last
+  for g, (gs, b) in enumerate(zip(state.groups, env.max_batch)):
+    load = np.asarray(gs.joined - gs.finished)
+    i = int(np.argmin(load))
+    waiting = int(gs.joined[i] - gs.admitted[i])
+    assert got[t + m + 2 * g] == pytest.approx(load[i] / b)
+    assert got[t + m + 2 * g + 1] == pytest.approx(waiting / env.queue_capacity)
+  # Only the largest model was loaded: it queues, the others are empty.
+  assert got[t + m + 2 * (m - 1) + 1] > 0 and got[t + m] == 0
+  assert np.array_equal(features.extend(obs, state, "paper", env.max_batch, 4), obs)
+  with pytest.raises(ValueError, match="config.dqn.features"):
+    features.check("all")
+
+
+def test_learned_policy_and_training_use_the_features():
+  config = _config()
+  env, obs, state = _loaded_state(config, steps=10)
+  network = make_qnetwork(env.num_models, env.num_tasks, config.dqn)
+  extended = features.extend(obs, state, "queues", env.max_batch, env.queue_capacity)
+  params = network.init(jax.random.PRNGKey(0), extended[None])
+  policy = LearnedPolicy(params=params, network=network, features="queues",
+                         max_batch=env.max_batch, queue_capacity=env.queue_capacity)
+  action = jax.jit(lambda p, o, s: p(None, o, s))(policy, obs, state)
+  assert int(action) == int(jnp.argmax(network.apply(params, extended)))
+  # Training with the features: transitions store extended observations.
+  env, params_env, _ = env_config.env_from_config(config, credit=True)
+  eval_env, eval_params, _ = env_config.env_from_config(config, episode_len=16)
+  trainer = dqn.make_train(config, env, params_env, eval_env, eval_params)
+  ls = jax.jit(trainer.init)(jax.random.PRNGKey(0))
+  assert ls.replay.obs.shape[-1] == env.obs_size + 2 * env.num_models
+  ls, stats = jax.jit(trainer.chunk)(ls)
+  assert int(ls.replay.count.sum()) > 0 and np.isfinite(float(stats.loss))
+  ev = jax.jit(lambda ls, k: trainer.evaluate(ls, k, 1))(ls, jax.random.PRNGKey(1))
+  assert 0.0 <= float(ev.availability) <= 1.0
