@@ -112,25 +112,21 @@ def evaluate(config, profile: Profile, workload, num_requests: int, key: jax.Arr
   `deployments`: (model, gpus) pairs evaluated as `static:<model>@<gpus>gpu` on their own
   profile (that model alone).
   """
+  def run(name, policy, deployment=profile):
+    summary, _ = run_policy(config, deployment, workload, policy, num_requests, key, window_s)
+    log(f"  {name}: utility {summary['mean_utility']:.4f} "
+        f"availability {summary['availability']:.4f}")
+    return summary
+
   results = {}
   if learned_seeds:
-    per_seed = []
-    for s, policy in enumerate(learned_seeds):
-      summary, _ = run_policy(config, profile, workload, policy, num_requests, key, window_s)
-      log(f"  learned seed {s}: utility {summary['mean_utility']:.4f} "
-          f"availability {summary['availability']:.4f}")
-      per_seed.append(summary)
-    results["learned"] = mean_over_seeds(per_seed)
+    results["learned"] = mean_over_seeds([run(f"learned seed {s}", policy)
+                                          for s, policy in enumerate(learned_seeds)])
   for name, policy in named_policies.items():
-    results[name], _ = run_policy(config, profile, workload, policy, num_requests, key, window_s)
-    log(f"  {name}: utility {results[name]['mean_utility']:.4f} "
-        f"availability {results[name]['availability']:.4f}")
+    results[name] = run(name, policy)
   for model, gpus in deployments:
-    alone = deployment_profile(profile, model, gpus)
-    policy = policies.static(0, len(profile.tasks), 1)
-    name = f"static:{model}@{gpus}gpu"
-    results[name], _ = run_policy(config, alone, workload, policy, num_requests, key, window_s)
-    log(f"  {name}: utility {results[name]['mean_utility']:.4f} "
-        f"availability {results[name]['availability']:.4f}")
+    results[f"static:{model}@{gpus}gpu"] = run(f"static:{model}@{gpus}gpu",
+                                               policies.static(0, len(profile.tasks), 1),
+                                               deployment_profile(profile, model, gpus))
   peak = next(iter(results.values()))["peak"] if results else None
   return {"peak": peak, "policies": results}

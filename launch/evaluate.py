@@ -51,7 +51,7 @@ _DEPLOYMENTS = flags.DEFINE_string("deployments", "", "Static single-model deplo
 def config_overrides(argv, config) -> dict:
   """The `--config.a.b=v` / `--config.a.b v` keys given in argv, with their parsed values."""
   out = {}
-  for i, arg in enumerate(argv):
+  for arg in argv:
     if not arg.startswith("--config."):
       continue
     path = arg[len("--config."):].split("=", 1)[0]
@@ -75,12 +75,7 @@ def main(argv):
         seed=_SEED.value, baselines=_BASELINES.value, deployments=_DEPLOYMENTS.value)
   except ValueError as e:
     sys.exit(f"evaluate.py: error: {e}")
-  report = (f"{result['num_requests']} requests ({result['workload']['kind']}, rate "
-            f"{result['workload']['rate']}), peak = {result['peak']:.4f}\n"
-            f"{evaluation.format_table(result['policies'])}\n")
-  with open(os.path.join(_OUT.value, "table.txt"), "w") as f:
-    f.write(f"$ python {' '.join(sys.argv)}\n\n{report}")
-  print("\n" + report)
+  print("\n" + eval_lib.write_report(result, _OUT.value, f"python {' '.join(sys.argv)}"))
 
 
 if __name__ == "__main__":

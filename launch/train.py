@@ -22,7 +22,6 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bes import evaluation  # noqa: E402
 from bes.router import eval_lib, train_lib  # noqa: E402
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -48,16 +47,11 @@ def main(argv):
       eval_lib.tune_heuristics(config, workdir)
     if not _EVAL.value:
       return
-    result = eval_lib.evaluate_workdir(workdir, os.path.join(workdir, "eval"),
-                                       deployments=_DEPLOYMENTS.value)
+    out = os.path.join(workdir, "eval")
+    result = eval_lib.evaluate_workdir(workdir, out, deployments=_DEPLOYMENTS.value)
   except ValueError as e:
     sys.exit(f"train.py: error: {e}")
-  report = (f"{result['num_requests']} requests ({config.workload.kind}, rate "
-            f"{config.workload.rate}), peak = {result['peak']:.4f}\n"
-            f"{evaluation.format_table(result['policies'])}\n")
-  with open(os.path.join(workdir, "eval", "table.txt"), "w") as f:
-    f.write(f"$ python {' '.join(sys.argv)}\n\n{report}")
-  print("\n" + report)
+  print("\n" + eval_lib.write_report(result, out, f"python {' '.join(sys.argv)}"))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,16 @@ def evaluation_config(train_config, overrides: dict | None = None) -> ml_collect
   return config
 
 
+def write_report(result: dict, out: str, command: str) -> str:
+  """The readable table of an evaluation; written to `out/table.txt` under `command`."""
+  report = (f"{result['num_requests']} requests ({result['workload']['kind']}, rate "
+            f"{result['workload']['rate']}), peak = {result['peak']:.4f}\n"
+            f"{evaluation.format_table(result['policies'])}\n")
+  with open(os.path.join(out, "table.txt"), "w") as f:
+    f.write(f"$ {command}\n\n{report}")
+  return report
+
+
 def evaluate_workdir(workdir: str, out: str, overrides: dict | None = None,
                      num_requests: int | None = None, seed: int | None = None,
                      baselines: Sequence[str] = evaluation.BASELINES,
