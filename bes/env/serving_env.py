@@ -25,7 +25,7 @@ Static configuration (shapes) lives in `ServingEnv`; everything numeric lives in
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -241,7 +241,7 @@ class ServingEnv:
         state = state.replace(reward=state.reward + jnp.where(c.done, utility, 0.0).sum(),
                               completed=state.completed + c.done.sum(dtype=jnp.int32),
                               on_time=state.on_time + on_time.sum(dtype=jnp.int32))
-        if self.credit and max_passes is not None:
+        if self.credit:                    # step_async refused credit without max_passes
           credit.append((c.req.reshape(-1), utility.reshape(-1), c.done.reshape(-1)))
         if self.record:
           rows = jnp.where(c.done, c.req, self.episode_len).reshape(-1)   # out of range: dropped
