@@ -33,9 +33,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bes.env import rollout as rollout_lib
 from bes.env.serving_env import EnvParams, ServingEnv
 from bes.router import features as features_lib
 from bes.router import losses, replay as replay_lib
+from bes.router.policy import LearnedPolicy
 from bes.router.qnetwork import QNetwork, make_qnetwork
 
 TARGET_UPDATES = ("periodic", "polyak")
@@ -258,14 +260,14 @@ def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: Serving
     obs = v_features(obs, state)
     reward = step_reward
     if credit_requests:
-      replay, pending = _credit(ls.replay, pending, ready, info, decided)
+      replay, pending = _credit(ls.replay, pending, ready, info)
       reward, resolved = pending.pending_reward, pending.pending_resolved
     else:
       replay, resolved = ls.replay, None
     terminal = done & bool(d.terminal_episode_end)
     replay = replay_lib.add(replay, pending.pending_obs, pending.pending_action, reward, terminal,
                             obs, decided, resolved)
-    n_decided = decided.sum()
+    n_decided = decided.sum(dtype=jnp.int32)
     batch_mean = step_reward.sum() / jnp.maximum(n_decided, 1)
     rate = jnp.where(n_decided > 0, float(d.center_rate), 0.0)
     ls = ls._replace(reward_mean=ls.reward_mean + rate * (batch_mean - ls.reward_mean))
@@ -276,13 +278,13 @@ def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: Serving
     skip = lambda ls, k: (ls, jnp.float32(0), jnp.float32(0))
     ls, loss, q_mean = jax.lax.cond(go, learn, skip, ls, k_learn)
     ls = ls._replace(iteration=ls.iteration + 1)
-    stats = ChunkStats(decisions=decided.sum(dtype=jnp.int32), reward=step_reward.sum(),
+    stats = ChunkStats(decisions=n_decided, reward=step_reward.sum(),
                        on_time=info["on_time"].sum(), completed=info["completed"].sum(),
                        rejected=(info["rejected"]).sum(dtype=jnp.int32), loss=loss,
                        q_mean=q_mean, epsilon=eps)
     return ls, stats
 
-  def _credit(replay, envs: Envs, ready, info, decided):
+  def _credit(replay, envs: Envs, ready, info):
     """Credit to requests: the utility of each request completed in this call goes to the
     transition that routed it: the one in flight (kept pending until the next arrival) or an
     earlier one of this episode, already in the replay ring. A rejection's penalty is
@@ -304,8 +306,6 @@ def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: Serving
 
   def evaluate(ls: LearnerState, key: jax.Array, num_episodes: int = 4) -> EvalStats:
     """Greedy routing over `num_episodes` whole evaluation episodes (one decision per step)."""
-    from bes.env import rollout as rollout_lib
-    from bes.router.policy import LearnedPolicy
     policy = LearnedPolicy(params=ls.params, network=network, features=features,
                            max_batch=max_batch, queue_capacity=queue_capacity)
     run = lambda k: rollout_lib.rollout(eval_env, eval_params, policy, k, eval_env.episode_len)[1]

@@ -86,9 +86,8 @@ def seed_keys(config) -> jax.Array:
 
 
 def _check_resume(saved: dict, config) -> None:
-  given = config.to_dict()
-  differ = sorted(k for k in set(_flat(saved)) | set(_flat(given))
-                  if _flat(saved).get(k) != _flat(given).get(k))
+  saved, given = _flat(saved), _flat(config.to_dict())
+  differ = sorted(k for k in set(saved) | set(given) if saved.get(k) != given.get(k))
   if differ:
     raise ValueError(f"--workdir holds a run with a different config (keys {differ}); resume "
                      f"with the same config or choose a new --workdir")
