@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from bes.env import instances as inst
 from bes.env import rollout as rollout_lib
 from bes.env.serving_env import EnvParams, ServingEnv
 from bes.workloads import sample
@@ -92,17 +93,16 @@ class DeadlineGreedy:
     preds = []
     for m, gs in enumerate(state.groups):
       big_b = gs.max_batch
-      load = gs.joined - gs.finished
-      i = jnp.argmin(load)
-      busy = gs.busy[i]
-      rejected = busy & (gs.joined[i] - gs.admitted[i] >= gs.queue_capacity)
-      residual = jnp.where(busy, jnp.maximum(gs.iter_end[i] - state.now, 0), 0)
+      load = inst.load(gs)
+      i = inst.join_target(gs)
+      rejected = gs.busy[i] & (inst.waiting(gs)[i] >= gs.queue_capacity)
+      residual = inst.remaining_us(gs, state.now)[i]
       prefill = self.prefill_fixed_us[m] + self.prefill_per_token_us[m] * self.mean_prompt_len
       tau_eff = lambda b, m=m, prefill=prefill: (
           self.decode_us[m, b] + self.turnover * b.astype(jnp.float32) / n * prefill)
       queue = jnp.maximum(load[i] + 1 - big_b, 0).astype(jnp.float32)
       batch = jnp.minimum(load[i] + 1, big_b)
-      latency = (residual.astype(jnp.float32) + queue / big_b * n * tau_eff(jnp.int32(big_b))
+      latency = (residual + queue / big_b * n * tau_eff(jnp.int32(big_b))
                  + prefill + n * tau_eff(batch))
       preds.append(jnp.where(rejected, _NEVER, latency))
     return jnp.stack(preds)
@@ -168,11 +168,11 @@ def deadline_greedy(params: EnvParams, mean_output_len: float, mean_prompt_len: 
     raise ValueError(f"heuristics: turnover must be in [0, 1], got {turnover!r}")
   if dump not in (0, 1):
     raise ValueError(f"heuristics: dump must be 0 or 1, got {dump!r}")
-  tables = [np.asarray(g.decode_us, np.float32) for g in params.groups]
-  width = max(len(x) for x in tables)
-  decode = np.stack([np.pad(x, (0, width - len(x)), mode="edge") for x in tables])
-  fixed = np.array([float(g.prefill_fixed_us) for g in params.groups], np.float32)
-  per_token = np.array([float(g.prefill_per_token_ns) / 1000 for g in params.groups], np.float32)
+  timings = [[np.asarray(x, np.float32) for x in inst.timing_us(g)] for g in params.groups]
+  width = max(len(t[0]) for t in timings)
+  decode = np.stack([np.pad(t[0], (0, width - len(t[0])), mode="edge") for t in timings])
+  fixed = np.array([t[1] for t in timings], np.float32)
+  per_token = np.array([t[2] for t in timings], np.float32)
   f32 = lambda x: jnp.asarray(x, jnp.float32)
   return DeadlineGreedy(
       decode_us=f32(decode), prefill_fixed_us=f32(fixed), prefill_per_token_us=f32(per_token),

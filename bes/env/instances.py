@@ -91,6 +91,35 @@ def load(gs: GroupState) -> jnp.ndarray:
   return gs.joined - gs.finished
 
 
+def running(gs: GroupState) -> jnp.ndarray:
+  """Running requests per instance, int32 [I]."""
+  return gs.admitted - gs.finished
+
+
+def waiting(gs: GroupState) -> jnp.ndarray:
+  """Waiting (queued) requests per instance, int32 [I]."""
+  return gs.joined - gs.admitted
+
+
+def join_target(gs: GroupState) -> jnp.ndarray:
+  """The instance a request routed to this model joins: the fewest running + waiting
+  requests, ties to the lowest index (int32 scalar). The one home of this rule."""
+  return jnp.argmin(load(gs)).astype(jnp.int32)
+
+
+def remaining_us(gs: GroupState, now: jnp.ndarray) -> jnp.ndarray:
+  """What remains of each instance's iteration in progress at time `now`, float32 [I]
+  microseconds (0 when idle)."""
+  return jnp.where(gs.busy, jnp.maximum(gs.iter_end - now, 0), 0).astype(jnp.float32)
+
+
+def timing_us(gp: GroupParams) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  """A model's latency as float32 microseconds, for predictions (not for simulating):
+  (decode [B + 1], index 0 unused; prefill fixed, scalar; prefill per prompt token, scalar)."""
+  return (jnp.asarray(gp.decode_us, jnp.float32), jnp.asarray(gp.prefill_fixed_us, jnp.float32),
+          jnp.asarray(gp.prefill_per_token_ns, jnp.float32) / 1000)
+
+
 @struct.dataclass
 class Completions:
   """Requests finishing in one pass, arrays [I, E]: `done` mask, `late_us` = completion -
@@ -176,7 +205,7 @@ def join(gs: GroupState, gp: GroupParams, chosen, now, request: dict, until, dra
   scatters except finding a free entry in the chosen instance. Returns (state, instance
   index int32, rejected bool).
   """
-  i = jnp.argmin(load(gs)).astype(jnp.int32)
+  i = join_target(gs)
   busy = gs.busy[i]
   start = chosen & ~busy
   queued = chosen & busy & (gs.joined[i] - gs.admitted[i] < gs.queue_capacity)

@@ -38,8 +38,8 @@ def extend(obs: jnp.ndarray, state, name: str, max_batch: Sequence[int],
     return obs
   extra = []
   for gs, b in zip(state.groups, max_batch):
-    i = jnp.argmin(inst.load(gs))
+    i = inst.join_target(gs)
     extra.append(inst.load(gs)[i] / b)
-    extra.append((gs.joined[i] - gs.admitted[i]) / max(queue_capacity, 1))
+    extra.append(inst.waiting(gs)[i] / max(queue_capacity, 1))
   extra = jnp.stack(extra).astype(jnp.float32)
   return jnp.concatenate([obs[:-1], extra, obs[-1:]])
