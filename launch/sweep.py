@@ -20,7 +20,11 @@ failures) with its log's tail and the sweep goes on; the exit status is 1 if any
 Outputs: DIR/rows.jsonl (one row per point x policy), DIR/table.csv and DIR/table.md
 (means and sample stds over config.seed when the grid has it; `bes.sweep.aggregate`),
 DIR/plot.png and DIR/COMMAND.txt. Bulk per-point outputs stay under DIR/points/ and
-DIR/shared/.
+DIR/shared/. A shared step that trained a router (its directory has `checkpoints/`) is
+trimmed once it succeeds: only the latest checkpoint's parameters and config stay (what
+evaluation reads; `bes.router.checkpoint.trim_to_policy`), not the learner state and its
+replay buffers, so a sweep's --out can be committed under results/
+(--keep_learner_states keeps everything, e.g. to resume training later).
 """
 from __future__ import annotations
 
@@ -43,6 +47,10 @@ _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file (configs/sweeps/<name>.p
 _OUT = flags.DEFINE_string("out", None, "Output directory of the sweep.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan (commands, skips) and exit.")
 _ONLY = flags.DEFINE_string("only", None, "Run only the points whose name contains this.")
+_KEEP_LEARNER_STATES = flags.DEFINE_bool(
+    "keep_learner_states", False, "Keep the learner states (replay buffers) and older "
+    "checkpoints of routers trained by shared steps; by default only the latest parameters "
+    "and config stay (enough to evaluate, not to resume training).")
 
 TAIL_LINES = 30
 def describe(plans, point_done_fn, step_done_fn) -> str:
@@ -116,6 +124,15 @@ def run_step(step) -> int:
   return rc
 
 
+def trim_trained_router(home: str) -> None:
+  """Keeps only the latest parameters and config of a router trained in `home`, if any."""
+  if os.path.isdir(os.path.join(home, "checkpoints")):
+    from bes.router import checkpoint   # jax and orbax: only for steps that trained
+    freed = checkpoint.trim_to_policy(home)
+    print(f"    kept the trained router's parameters, dropped {freed / 1e6:.1f} MB of learner "
+          f"state", flush=True)
+
+
 def read_rows(plan):
   """The point's rows from its metrics file (ValueError naming the file when unusable)."""
   data = _read_json(plan.metrics_path)
@@ -148,6 +165,8 @@ def run_point(plan, failed_steps: dict, retry: bool = True) -> str | None:
       if step.shared:
         failed_steps[key] = report
       return report
+    if step.shared and not _KEEP_LEARNER_STATES.value:
+      trim_trained_router(step.home)
   try:
     read_rows(plan)
   except ValueError as e:

@@ -17,6 +17,8 @@ by different calls compile once.
 import csv
 import dataclasses
 import json
+import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -354,6 +356,24 @@ def test_load_policies_and_greedy_routing(trained, direct_runs, profile_path):
   by_seed = jax.jit(jax.vmap(lambda p, o: p(None, o, None), in_axes=(0, None)))(stacked, obs[0])
   np.testing.assert_array_equal(by_seed, [int(np.argmax(net.apply(
       jax.tree_util.tree_map(lambda x, s=s: x[s], state.params), obs[0]))) for s in range(2)])
+
+
+def test_trimmed_workdir_loads_the_same_router_and_refuses_to_resume(trained, tmp_path,
+                                                                     profile_path):
+  """`trim_to_policy` (what results/ commits) keeps exactly what evaluation reads."""
+  full, _ = trained
+  lean = str(tmp_path / "lean")
+  shutil.copytree(full, lean)
+  assert checkpoint.trim_to_policy(lean) > 0
+  assert os.listdir(f"{lean}/checkpoints") == ["2"]
+  assert "state" not in os.listdir(f"{lean}/checkpoints/2")
+  assert checkpoint.trim_to_policy(lean) == 0                    # idempotent
+  config, seeds = checkpoint.load_policies(lean)
+  full_config, full_seeds = checkpoint.load_policies(full)
+  assert config.to_dict() == full_config.to_dict()
+  _assert_same([p.params for p in seeds], [p.params for p in full_seeds])
+  with pytest.raises(ValueError, match=r"checkpoints/2: holds only the trained policy"):
+    train_lib.train(_serving_config(profile_path), lean, log=lambda s: None)
 
 
 # ------------------------------------------------------------------ bad configs

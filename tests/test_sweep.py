@@ -191,6 +191,9 @@ with open(os.path.join(workdir, "count.txt"), "a") as f:
   f.write("x")
 seed = [a.split("=")[1] for a in flags if a.startswith("--config.seed=")][0]
 open(os.path.join(workdir, "seed.txt"), "w").write(seed)
+for step in ("1", "2"):        # an orbax checkpoint's layout (bes/router/checkpoint.py)
+  for item in ("state", "params", "config"):
+    os.makedirs(os.path.join(workdir, "checkpoints", step, item), exist_ok=True)
 """
 _EVAL = """\
 import json, os, sys
@@ -242,6 +245,9 @@ def test_launcher_shares_steps_records_failures_and_reruns_deleted_points(tmp_pa
   assert "=== seed-1_workload.rate-3" in failed and "simulated crash at rate 3" in failed
   for seed in (0, 1):     # trained once per seed, shared by three rates
     assert (out / "shared" / "train" / f"seed-{seed}" / "count.txt").read_text() == "x"
+    checkpoints = out / "shared" / "train" / f"seed-{seed}" / "checkpoints"
+    assert os.listdir(checkpoints) == ["2"]           # trimmed: the latest policy only
+    assert sorted(os.listdir(checkpoints / "2")) == ["config", "params"]
   table = _csv(out / "table.csv")
   by_rate = {row["config.workload.rate"]: row for row in table}
   assert by_rate["1"]["n"] == "2" and by_rate["3"]["n"] == "1"

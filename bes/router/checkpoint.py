@@ -6,10 +6,15 @@ CheckpointManager; the step is the number of chunks done). `params` holds the po
 network parameters (stacked over seeds: the latest online ones, or with
 `config.train.select_best` the best-evaluated ones) so that evaluation restores them
 without building the training environments; `progress` holds the wall-clock seconds spent so far.
+
+`trim_to_policy(workdir)` keeps only what evaluation reads (the latest step's params, config
+and progress): what `results/` commits of a trained router. A trimmed workdir loads with
+`load_policies` but cannot resume training.
 """
 from __future__ import annotations
 
 import os
+import shutil
 
 import jax
 import ml_collections
@@ -39,6 +44,11 @@ def _abstract(tree):
 def restore_state(mngr: ocp.CheckpointManager, step: int, like):
   """The learner state of `step`, shaped like `like` (a state or its eval_shape), and the
   saved progress dict."""
+  step_dir = os.path.join(str(mngr.directory), str(step))
+  if not os.path.isdir(os.path.join(step_dir, "state")):
+    raise ValueError(f"{step_dir}: holds only the trained policy (no learner state, it was "
+                     f"trimmed for results/), so training cannot resume from it; train in a "
+                     f"new --workdir")
   got = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(_abstract(like)), progress=ocp.args.JsonRestore()))
   return got.state, got.progress
@@ -60,6 +70,25 @@ def restore_params(workdir: str, step: int, like):
   got = manager(workdir).restore(step, args=ocp.args.Composite(
       params=ocp.args.StandardRestore(_abstract(like))))
   return got.params
+
+
+def trim_to_policy(workdir: str) -> int:
+  """Deletes `workdir`'s learner states (replay buffers, environment states, optimiser) and
+  every checkpoint but the latest, keeping that one's params, config and progress (what
+  `load_policies` reads). Returns the number of bytes freed; 0 when there is no checkpoint."""
+  root = os.path.join(workdir, "checkpoints")
+  steps = sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
+  doomed = [os.path.join(root, str(s)) for s in steps[:-1]]
+  doomed += [os.path.join(root, str(s), "state") for s in steps[-1:]]
+  freed = 0
+  for path in filter(os.path.isdir, doomed):
+    freed += _tree_bytes(path)
+    shutil.rmtree(path)
+  return freed
+
+
+def _tree_bytes(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
 def load_policies(workdir: str):
