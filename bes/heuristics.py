@@ -2,8 +2,10 @@
 
 Both are policies of `bes.policies`' interface, pytrees called as `policy(key, obs, state)`
 that return the model index (int32 scalar). Numeric knobs are pytree leaves, so a stack of
-knob settings runs as one `vmap` (one compilation per policy class). Neither reads
-`state.request.output_len`: the output length of a request is not observable.
+knob settings runs as one `vmap` (one compilation per policy class). They read the
+observation by its layout and the serving state through its view (`bes.env.observation`),
+so `state` may be the simulator's `EnvState` or a runtime's `ServingView`; neither sees a
+request's output length, which is not observable.
 
   DeadlineGreedy  predicts the request's latency on every model from the model's latency
                   table and the state of the instance it would join, and sends it to the
@@ -26,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from bes.env import instances as inst
+from bes.env import observation
 from bes.env import rollout as rollout_lib
 from bes.env.serving_env import EnvParams, ServingEnv
 from bes.workloads import sample
@@ -88,29 +90,29 @@ class DeadlineGreedy:
   dump: jnp.ndarray
 
   def predict_us(self, state) -> jnp.ndarray:
-    """Predicted latency of the current request on each model, float32 [M] (us)."""
+    """Predicted latency of the current request on each model, float32 [M] (us), from the
+    serving view (`bes.env.observation`) of `state` (an `EnvState` or a `ServingView`)."""
+    view = observation.as_view(state)
     n = self.mean_output_len
+    rejected = view.rejects()
     preds = []
-    for m, gs in enumerate(state.groups):
-      big_b = gs.max_batch
-      load = inst.load(gs)
-      i = inst.join_target(gs)
-      rejected = gs.busy[i] & (inst.waiting(gs)[i] >= gs.queue_capacity)
-      residual = inst.remaining_us(gs, state.now)[i]
+    for m, big_b in enumerate(view.max_batch):
+      load = view.running[m] + view.waiting[m]              # of the instance it would join
       prefill = self.prefill_fixed_us[m] + self.prefill_per_token_us[m] * self.mean_prompt_len
       tau_eff = lambda b, m=m, prefill=prefill: (
           self.decode_us[m, b] + self.turnover * b.astype(jnp.float32) / n * prefill)
-      queue = jnp.maximum(load[i] + 1 - big_b, 0).astype(jnp.float32)
-      batch = jnp.minimum(load[i] + 1, big_b)
-      latency = (residual + queue / big_b * n * tau_eff(jnp.int32(big_b))
+      queue = jnp.maximum(load + 1 - big_b, 0).astype(jnp.float32)
+      batch = jnp.minimum(load + 1, big_b)
+      latency = (view.remaining_us[m] + queue / big_b * n * tau_eff(jnp.int32(big_b))
                  + prefill + n * tau_eff(batch))
-      preds.append(jnp.where(rejected, _NEVER, latency))
+      preds.append(jnp.where(rejected[m], _NEVER, latency))
     return jnp.stack(preds)
 
   def __call__(self, key, obs, state) -> jnp.ndarray:
     del key, obs
-    task = state.request.task
-    latency = self.predict_us(state)
+    view = observation.as_view(state)
+    task = view.task
+    latency = self.predict_us(view)
     deadline = self.deadline_us[task] + self.deadline_per_token_us * self.mean_output_len
     on_time = self.slack * latency <= deadline
     best = jnp.argmax(jnp.where(on_time, self.quality[:, task], -jnp.inf))
@@ -121,22 +123,22 @@ class DeadlineGreedy:
 @struct.dataclass
 class LoadThreshold:
   """The best model (highest quality[m, t] for the request's task t) whose observed load
-  obs[T + m] is below thresholds[m]; if every model is at or above its threshold, the one
-  with the lowest load / threshold ratio (the relatively least overloaded, rather than a
-  fixed fallback model, so the rule degrades gracefully when all are busy).
+  (the observation's 'load' block) is below thresholds[m]; if every model is at or above
+  its threshold, the one with the lowest load / threshold ratio (the relatively least
+  overloaded, rather than a fixed fallback model, so the rule degrades gracefully when all
+  are busy).
 
   Attributes: thresholds float32 [M] (knobs, load units: running + waiting over instances *
-  max batch); quality float32 [M, T]; num_tasks static.
+  max batch); quality float32 [M, T]; layout: the observation's (static).
   """
   thresholds: jnp.ndarray
   quality: jnp.ndarray
-  num_tasks: int = struct.field(pytree_node=False)
+  layout: observation.ObservationLayout = struct.field(pytree_node=False)
 
   def __call__(self, key, obs, state) -> jnp.ndarray:
     del key, state
-    t = self.num_tasks
-    task = jnp.argmax(obs[:t])
-    load = obs[t:t + self.thresholds.shape[0]]
+    task = jnp.argmax(self.layout.take(obs, "task"))
+    load = self.layout.take(obs, "load")
     below = load < self.thresholds
     best = jnp.argmax(jnp.where(below, self.quality[:, task], -jnp.inf))
     ratio = load / jnp.maximum(self.thresholds, 1e-6)
@@ -168,14 +170,11 @@ def deadline_greedy(params: EnvParams, mean_output_len: float, mean_prompt_len: 
     raise ValueError(f"heuristics: turnover must be in [0, 1], got {turnover!r}")
   if dump not in (0, 1):
     raise ValueError(f"heuristics: dump must be 0 or 1, got {dump!r}")
-  timings = [[np.asarray(x, np.float32) for x in inst.timing_us(g)] for g in params.groups]
-  width = max(len(t[0]) for t in timings)
-  decode = np.stack([np.pad(t[0], (0, width - len(t[0])), mode="edge") for t in timings])
-  fixed = np.array([t[1] for t in timings], np.float32)
-  per_token = np.array([t[2] for t in timings], np.float32)
+  timing = observation.model_timing(params)
   f32 = lambda x: jnp.asarray(x, jnp.float32)
   return DeadlineGreedy(
-      decode_us=f32(decode), prefill_fixed_us=f32(fixed), prefill_per_token_us=f32(per_token),
+      decode_us=f32(timing.decode_us), prefill_fixed_us=f32(timing.prefill_fixed_us),
+      prefill_per_token_us=f32(timing.prefill_per_token_us),
       quality=f32(params.quality), deadline_us=f32(params.deadline_us),
       deadline_per_token_us=f32(params.deadline_per_token_us), mean_output_len=f32(n),
       mean_prompt_len=f32(p), slack=f32(s), turnover=f32(u), dump=f32(dump))
@@ -189,7 +188,7 @@ def load_threshold(params: EnvParams, thresholds: Sequence[float]) -> LoadThresh
     raise ValueError(f"heuristics: thresholds must be {quality.shape[0]} finite numbers >= 0 "
                      f"(one per model), got {list(np.asarray(thresholds).reshape(-1))}")
   return LoadThreshold(thresholds=jnp.asarray(th), quality=jnp.asarray(quality),
-                       num_tasks=int(quality.shape[1]))
+                       layout=observation.ObservationLayout(int(quality.shape[1]), th.shape[0]))
 
 
 def mean_lengths(workload, key: jax.Array, n: int = 8192) -> tuple[float, float]:

@@ -1,9 +1,11 @@
 """Routing policies behind one interface: a pytree called as `policy(key, obs, state)`.
 
-`obs` is the environment's observation (float32 [T + M + 1]) and `state` its `EnvState`; a
-policy returns the model index (int32 scalar). Policies are pytrees (`flax.struct`), so a
-rollout takes them as traced arguments: one compilation serves every fixed policy, and a
-stack of policies runs in one `vmap`. Learned and heuristic policies follow the same shape.
+`obs` is the environment's observation (float32 [T + M + 1], blocks named by
+`bes.env.observation.ObservationLayout`) and `state` its `EnvState` (or a serving runtime's
+`ServingView`, read through `observation.as_view`); a policy returns the model index (int32
+scalar). Policies are pytrees (`flax.struct`), so a rollout takes them as traced arguments:
+one compilation serves every fixed policy, and a stack of policies runs in one `vmap`.
+Learned and heuristic policies follow the same shape.
 
 Fixed policies, parsed from a spec by `parse_policy`:
   static:M            every request to model M (an index or a model name);
@@ -20,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from bes.env.observation import ObservationLayout
+
 TABLE, ROUND_ROBIN, RANDOM = 0, 1, 2
 
 
@@ -32,8 +36,13 @@ class FixedPolicy:
   num_tasks: int = struct.field(pytree_node=False)
   num_models: int = struct.field(pytree_node=False)
 
+  @property
+  def layout(self) -> ObservationLayout:
+    """The layout of the observations this policy reads (the environment's)."""
+    return ObservationLayout(self.num_tasks, self.num_models)
+
   def __call__(self, key, obs, state) -> jnp.ndarray:
-    by_task = self.table[jnp.argmax(obs[:self.num_tasks])]
+    by_task = self.table[jnp.argmax(self.layout.take(obs, "task"))]
     cyclic = (state.index % self.num_models).astype(jnp.int32)
     drawn = jax.random.randint(key, (), 0, self.num_models, jnp.int32)
     return jnp.select([self.kind == TABLE, self.kind == ROUND_ROBIN], [by_task, cyclic], drawn)

@@ -172,14 +172,15 @@ def _convergence(config, num_seeds: int) -> dict:
 
 
 # ------------------------------------------------------------------------------ latency
-def _observations(env, rate_scale: float, n: int, key) -> jnp.ndarray:
-  """float32 [n, T + M + 1] observations of the environment's layout: a task one-hot, loads
-  uniform in [0, 2) and an arrival rate uniform in [0, 2 * rate_scale) requests/s."""
+def _observations(layout, rate_scale: float, n: int, key) -> jnp.ndarray:
+  """float32 [n, layout.size] observations of the environment's layout (`bes.env.observation`):
+  a task one-hot, loads uniform in [0, 2) and an arrival rate uniform in [0, 2 * rate_scale)
+  requests/s."""
   k_task, k_load, k_rate = jax.random.split(key, 3)
-  task = jax.nn.one_hot(jax.random.randint(k_task, (n,), 0, env.num_tasks), env.num_tasks)
-  loads = jax.random.uniform(k_load, (n, env.num_models), maxval=2.0)
+  task = jax.nn.one_hot(jax.random.randint(k_task, (n,), 0, layout.num_tasks), layout.num_tasks)
+  loads = jax.random.uniform(k_load, (n, layout.num_models), maxval=2.0)
   rate = jax.random.uniform(k_rate, (n, 1), maxval=2.0 * rate_scale)
-  return jnp.concatenate([task, loads, rate], axis=-1).astype(jnp.float32)
+  return layout.concat(dict(task=task, load=loads, rate=rate)).astype(jnp.float32)
 
 
 def _time_calls(fn, arg, calls: int) -> dict:
@@ -203,9 +204,12 @@ def _latency(config, calls: int, batch: int, profile) -> list[dict]:
   dispatch mode (`jax_cpu_enable_async_dispatch`)."""
   _, env, params, batched, eval_env, eval_params = train_lib.build_envs(config, profile)
   trainer = dqn.make_train(config, env, params, eval_env, eval_params, params_batched=batched)
-  obs = _observations(env, float(config.dqn.rate_scale), batch, jax.random.PRNGKey(1))
-  net_params = trainer.network.init(jax.random.PRNGKey(0), obs[:1])
-  policy = LearnedPolicy(params=net_params, network=trainer.network)
+  # The network over the environment's own observation: the 'queues' features come from
+  # the serving state, which synthetic observations do not have.
+  network = trainer.network.clone(layout=env.layout)
+  obs = _observations(network.layout, float(config.dqn.rate_scale), batch, jax.random.PRNGKey(1))
+  net_params = network.init(jax.random.PRNGKey(0), obs[:1])
+  policy = LearnedPolicy(params=net_params, network=network)
   as_argument = jax.jit(lambda pol, o: pol(None, o, None))
   closed_over = jax.jit(lambda o: policy(None, o, None))
   dispatch = "async" if jax.config.read("jax_cpu_enable_async_dispatch") else "sync"

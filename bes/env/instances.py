@@ -101,6 +101,11 @@ def waiting(gs: GroupState) -> jnp.ndarray:
   return gs.joined - gs.admitted
 
 
+def busy(gs: GroupState) -> jnp.ndarray:
+  """Whether each instance has an iteration in progress, bool [I]."""
+  return gs.busy
+
+
 def join_target(gs: GroupState) -> jnp.ndarray:
   """The instance a request routed to this model joins: the fewest running + waiting
   requests, ties to the lowest index (int32 scalar). The one home of this rule."""

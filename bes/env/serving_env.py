@@ -34,6 +34,7 @@ from flax import struct
 
 from bes import clock
 from bes.env import instances as inst
+from bes.env import observation
 from bes.requests import Requests
 from bes.serving_config import ServingConfig
 
@@ -127,8 +128,13 @@ class ServingEnv:
     return len(self.instances)
 
   @property
+  def layout(self) -> observation.ObservationLayout:
+    """The observation's layout (`bes/env/observation.py`): task, load, rate."""
+    return observation.ObservationLayout(self.num_tasks, self.num_models)
+
+  @property
   def obs_size(self) -> int:
-    return self.num_tasks + self.num_models + 1
+    return self.layout.size
 
   # ----------------------------------------------------------------------------- reset / step
   def reset(self, key: jax.Array, params: EnvParams):
@@ -279,7 +285,8 @@ class ServingEnv:
 
   # ----------------------------------------------------------------------------- observation
   def observe(self, state: EnvState, params: EnvParams) -> jnp.ndarray:
-    """float32 [T + M + 1]: task one-hot, per-model load, estimated arrival rate (req/s).
+    """float32 [T + M + 1] (`self.layout`): task one-hot, per-model load, estimated arrival
+    rate (req/s), built from the state's `observation.serving_view`.
 
     Load of model m = running + waiting over its instances / (instances * max_batch); it
     exceeds 1 when requests wait. The rate is 1 / (exponential moving average of the
@@ -287,11 +294,7 @@ class ServingEnv:
     The request's output length is never observed.
     """
     del params
-    task = jax.nn.one_hot(state.request.task, self.num_tasks, dtype=jnp.float32)
-    loads = jnp.stack([inst.load(gs).sum() / (i * b) for gs, i, b in
-                       zip(state.groups, self.instances, self.max_batch)]).astype(jnp.float32)
-    rate = jnp.where(state.ema_gap_s < 0, 0.0, 1.0 / jnp.maximum(state.ema_gap_s, 1e-6))
-    return jnp.concatenate([task, loads, rate[None]])
+    return self.layout.build(observation.serving_view(state))
 
   @staticmethod
   def _utility(c: inst.Completions, params: EnvParams):

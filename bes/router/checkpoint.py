@@ -95,23 +95,20 @@ def load_policies(workdir: str):
   """The trained router of `workdir`'s latest checkpoint: (config, [LearnedPolicy per seed])."""
   import jax.numpy as jnp
   from bes.env import config as env_config
+  from bes.router import features as features_lib
   from bes.router.policy import LearnedPolicy
   from bes.router.qnetwork import make_qnetwork
 
   config, step = read_config(workdir)
   profile = env_config.profile_from_config(config)
-  from bes.router import features as features_lib
-  network = make_qnetwork(len(profile.models), len(profile.tasks), config.dqn)
-  features = features_lib.check(str(config.dqn.get("features", "paper")))
-  size = (len(profile.tasks) + len(profile.models) + 1
-          + features_lib.extra_size(features, len(profile.models)))
-  obs = jnp.zeros((1, size), jnp.float32)
+  layout = features_lib.layout(len(profile.tasks), len(profile.models),
+                               str(config.dqn.get("features", "paper")))
+  network = make_qnetwork(layout, config.dqn)
+  obs = jnp.zeros((1, layout.size), jnp.float32)
   keys = jax.random.split(jax.random.PRNGKey(0), int(config.num_seeds))
   like = jax.eval_shape(jax.vmap(lambda k: network.init(k, obs)), keys)
   params = restore_params(workdir, step, like)
-  static = dict(network=network, features=features,
-                max_batch=tuple(m.max_batch for m in profile.models),
-                queue_capacity=int(config.env.queue_capacity))
-  seeds = [LearnedPolicy(params=jax.tree_util.tree_map(lambda x, s=s: x[s], params), **static)
+  seeds = [LearnedPolicy(params=jax.tree_util.tree_map(lambda x, s=s: x[s], params),
+                         network=network)
            for s in range(int(config.num_seeds))]
   return config, seeds

@@ -168,7 +168,8 @@ def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: Serving
   n_step, gamma, batch_size = int(d.n_step), float(d.gamma), int(d.batch_size)
   chunk_len = int(config.train.chunk_iterations)
   num_iterations = int(d.num_iterations)
-  network = make_qnetwork(num_actions, env.num_tasks, d)
+  layout = features_lib.layout(env.num_tasks, num_actions, str(d.get("features", "paper")))
+  network = make_qnetwork(layout, d)
   optimiser = optax.chain(optax.clip_by_global_norm(float(d.max_grad_norm)),
                           optax.adam(learning_rate_schedule(d)))
   epsilon = optax.linear_schedule(float(d.eps_start), float(d.eps_end),
@@ -181,13 +182,7 @@ def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: Serving
   params_axis = 0 if params_batched else None
   v_reset = jax.vmap(env.reset, in_axes=(0, params_axis))
   v_step = jax.vmap(env.step_async, in_axes=(0, 0, 0, params_axis, None))
-  features = features_lib.check(str(d.get("features", "paper")))
-  obs_size = env.obs_size + features_lib.extra_size(features, num_actions)
-  # The deployment's shape, which the 'queues' features need (any env works without them).
-  max_batch, queue_capacity = ((tuple(env.max_batch), env.queue_capacity)
-                               if features != "paper" else ((), 0))
-  v_features = jax.vmap(lambda o, s: features_lib.extend(o, s, features, max_batch,
-                                                         queue_capacity))
+  v_features = jax.vmap(lambda o, s: features_lib.extend(o, s, layout))
 
   def init(key: jax.Array) -> LearnerState:
     k_net, k_env, k_run = jax.random.split(key, 3)
@@ -199,7 +194,7 @@ def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: Serving
                 pending_reward=jnp.zeros(num_envs, jnp.float32),
                 pending_resolved=jnp.zeros(num_envs, bool), episode_base=zeros)
     return LearnerState(params=params, target_params=params, opt_state=optimiser.init(params),
-                        replay=replay_lib.init(num_envs, int(d.replay_capacity), obs_size),
+                        replay=replay_lib.init(num_envs, int(d.replay_capacity), layout.size),
                         envs=envs, key=k_run, iteration=jnp.int32(0), updates=jnp.int32(0),
                         reward_mean=jnp.float32(0), best_params=params,
                         best_utility=jnp.float32(-jnp.inf))
@@ -306,8 +301,7 @@ def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: Serving
 
   def evaluate(ls: LearnerState, key: jax.Array, num_episodes: int = 4) -> EvalStats:
     """Greedy routing over `num_episodes` whole evaluation episodes (one decision per step)."""
-    policy = LearnedPolicy(params=ls.params, network=network, features=features,
-                           max_batch=max_batch, queue_capacity=queue_capacity)
+    policy = LearnedPolicy(params=ls.params, network=network)
     run = lambda k: rollout_lib.rollout(eval_env, eval_params, policy, k, eval_env.episode_len)[1]
     traj = jax.vmap(run)(jax.random.split(key, num_episodes))
     n = num_episodes * eval_env.episode_len

@@ -2,44 +2,39 @@
 
 The environment observes what the paper's router sees (`ServingEnv.observe`: task one-hot,
 per-model load summed over instances, arrival rate). The hand-written deadline-aware
-heuristic reads more: the instance a request would join. `features='queues'` appends, per
+heuristic reads more: the instance a request would join. `features='queues'` adds, per
 model m, for the instance the environment would pick (fewest running + waiting):
   its running + waiting requests / max_batch_m   (above 1: the request would queue), and
   its waiting requests / queue_capacity          (1: the request would be rejected).
-The arrival rate stays the last feature, so `qnetwork.normalise` applies unchanged (the
-extra features are normalised like the loads). Shapes: float32 [T + M + 1] -> [T + 3M + 1].
+The blocks, their order and sizes are defined once by `bes.env.observation`'s
+`ObservationLayout` (the 'queues' block sits between the loads and the rate) and the values
+come from its `ServingView`. Shapes: float32 [T + M + 1] -> [T + 3M + 1].
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import jax.numpy as jnp
 
-from bes.env import instances as inst
+from bes.env import observation
 
-FEATURES = ("paper", "queues")
+FEATURES = tuple(observation.FEATURES)
 
 
 def check(name: str) -> str:
+  """`name` if it is a feature set, else a ValueError naming `config.dqn.features`."""
   if name not in FEATURES:
     raise ValueError(f"config.dqn.features: expected one of {FEATURES}, got {name!r}")
   return name
 
 
-def extra_size(name: str, num_models: int) -> int:
-  """Features `name` adds to the observation."""
-  return 2 * num_models if check(name) == "queues" else 0
+def layout(num_tasks: int, num_models: int, name: str) -> observation.ObservationLayout:
+  """The router's observation layout with feature set `name` (checked)."""
+  return observation.ObservationLayout(int(num_tasks), int(num_models), check(name))
 
 
-def extend(obs: jnp.ndarray, state, name: str, max_batch: Sequence[int],
-           queue_capacity: int) -> jnp.ndarray:
-  """The observation of one environment (float32 [T + M + 1]) with features `name`."""
-  if check(name) == "paper":
+def extend(obs: jnp.ndarray, state, obs_layout: observation.ObservationLayout) -> jnp.ndarray:
+  """The environment's observation of one environment (float32 [T + M + 1]) extended to
+  `obs_layout`, the extra blocks computed from `state`'s serving view (an `EnvState` or a
+  `ServingView`); unchanged, and `state` unread, without extra features."""
+  if obs_layout.features == obs_layout.base.features:
     return obs
-  extra = []
-  for gs, b in zip(state.groups, max_batch):
-    i = inst.join_target(gs)
-    extra.append(inst.load(gs)[i] / b)
-    extra.append(inst.waiting(gs)[i] / max(queue_capacity, 1))
-  extra = jnp.stack(extra).astype(jnp.float32)
-  return jnp.concatenate([obs[:-1], extra, obs[-1:]])
+  return obs_layout.extend(obs, observation.as_view(state))

@@ -15,21 +15,19 @@ class LearnedPolicy:
   """Greedy routing by a Q-network: `policy(key, obs, state)` -> argmax_a Q(obs, a), int32.
 
   `params` is the network's parameter pytree (a leaf stack of several seeds vmaps); the
-  network (its shape) is static, and so are the observation `features` (`features.py`)
-  and, for 'queues', the deployment's max batch per model and queue capacity.
+  network (its shape) is static. The network's observation layout (`network.layout`) says
+  which features it reads beyond the environment's observation `obs`; those are computed
+  from `state`'s serving view (`bes.env.observation`), which is read only then.
   """
   params: Any
   network: QNetwork = struct.field(pytree_node=False)
-  features: str = struct.field(pytree_node=False, default="paper")
-  max_batch: tuple = struct.field(pytree_node=False, default=())
-  queue_capacity: int = struct.field(pytree_node=False, default=0)
 
   def __call__(self, key, obs, state) -> jnp.ndarray:
     del key
-    obs = features_lib.extend(obs, state, self.features, self.max_batch, self.queue_capacity)
+    obs = features_lib.extend(obs, state, self.network.layout)
     return jnp.argmax(self.network.apply(self.params, obs), axis=-1).astype(jnp.int32)
 
   def q_values(self, obs) -> jnp.ndarray:
-    """Q-values float32 [..., num_models] for network inputs [..., T + M + 1] (with
-    `features='queues'`, the extended [..., T + 3M + 1])."""
+    """Q-values float32 [..., num_models] for network inputs [..., network.layout.size]
+    (with `features='queues'`, the extended observation)."""
     return self.network.apply(self.params, obs)
