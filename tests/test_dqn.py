@@ -343,8 +343,7 @@ def test_load_policies_and_greedy_routing(trained, direct_runs, profile_path):
         jax.tree_util.tree_leaves(policy.params), jax.tree_util.tree_leaves(state.params)))
     assert is_final == (utility[1, s] > utility[0, s])
   net = trainer.network
-  obs = jax.random.uniform(jax.random.PRNGKey(1), (32, net.num_tasks + net.num_actions + 1),
-                           maxval=2)
+  obs = jax.random.uniform(jax.random.PRNGKey(1), (32, net.layout.size), maxval=2)
   policy = seeds[1]
   q = np.asarray(net.apply(policy.params, obs))
   np.testing.assert_allclose(policy.q_values(obs), q, rtol=1e-6)

@@ -6,6 +6,7 @@ import pytest
 
 from bes import policies
 from bes.env import config as env_config
+from bes.env import instances as inst
 from bes.router import dqn, features
 from bes.router.policy import LearnedPolicy
 from bes.router.qnetwork import make_qnetwork
@@ -38,20 +39,21 @@ def _loaded_state(config, steps=40):
 def test_queue_features_hand_computed():
   config = _config()
   env, obs, state = _loaded_state(config)
-  got = np.asarray(features.extend(obs, state, "queues", env.max_batch, env.queue_capacity))
   m, t = env.num_models, env.num_tasks
-  assert got.shape == (t + 3 * m + 1,)
+  layout = features.layout(t, m, "queues")
+  got = np.asarray(features.extend(obs, state, layout))
+  assert got.shape == (t + 3 * m + 1,) == (layout.size,)
   np.testing.assert_array_equal(got[:t + m], np.asarray(obs[:-1]))
   assert got[-1] == obs[-1]                                    # the rate stays last
   for g, (gs, b) in enumerate(zip(state.groups, env.max_batch)):
-    load = np.asarray(gs.joined - gs.finished)
+    load = np.asarray(inst.load(gs))
     i = int(np.argmin(load))
-    waiting = int(gs.joined[i] - gs.admitted[i])
+    waiting = int(inst.waiting(gs)[i])
     assert got[t + m + 2 * g] == pytest.approx(load[i] / b)
     assert got[t + m + 2 * g + 1] == pytest.approx(waiting / env.queue_capacity)
   # Only the largest model was loaded: it queues, the others are empty.
   assert got[t + m + 2 * (m - 1) + 1] > 0 and got[t + m] == 0
-  assert np.array_equal(features.extend(obs, state, "paper", env.max_batch, 4), obs)
+  assert np.array_equal(features.extend(obs, state, features.layout(t, m, "paper")), obs)
   with pytest.raises(ValueError, match="config.dqn.features"):
     features.check("all")
 
@@ -59,11 +61,11 @@ def test_queue_features_hand_computed():
 def test_learned_policy_and_training_use_the_features():
   config = _config()
   env, obs, state = _loaded_state(config, steps=10)
-  network = make_qnetwork(env.num_models, env.num_tasks, config.dqn)
-  extended = features.extend(obs, state, "queues", env.max_batch, env.queue_capacity)
+  layout = features.layout(env.num_tasks, env.num_models, "queues")
+  network = make_qnetwork(layout, config.dqn)
+  extended = features.extend(obs, state, layout)
   params = network.init(jax.random.PRNGKey(0), extended[None])
-  policy = LearnedPolicy(params=params, network=network, features="queues",
-                         max_batch=env.max_batch, queue_capacity=env.queue_capacity)
+  policy = LearnedPolicy(params=params, network=network)
   action = jax.jit(lambda p, o, s: p(None, o, s))(policy, obs, state)
   assert int(action) == int(jnp.argmax(network.apply(params, extended)))
   # Training with the features: transitions store extended observations.
