@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bes import heuristics, policies
 from bes.env import instances as inst
 from bes.env import observation
 from bes.env.observation import ObservationLayout, ServingView
@@ -133,7 +134,6 @@ def test_as_view_accepts_a_view_built_from_plain_numbers():
   assert observation.as_view(view) is view
   obs = ObservationLayout(2, 2, "queues").build(view)
   np.testing.assert_array_equal(obs, [0, 1, 0.5, 3.0, 0.5, 0, 3.0, 1.0, 5.0])
-  from bes import heuristics, policies
   env, params = _tiny_env()
   greedy = heuristics.deadline_greedy(params, mean_output_len=7, mean_prompt_len=10)
   assert float(greedy.predict_us(view)[1]) > 1e29           # big's queue is full

@@ -141,7 +141,7 @@ def serving_view(state, params=None) -> ServingView:
       remaining_us=jnp.stack(remaining),
       instances=tuple(inst.load(gs).shape[0] for gs in groups),
       max_batch=tuple(gs.max_batch for gs in groups),
-      queue_capacity=groups[0].queue_capacity if groups else 0,
+      queue_capacity=groups[0].queue_capacity,
       timing=None if params is None else model_timing(params))
 
 
@@ -181,11 +181,6 @@ class ObservationLayout:
     if int(self.num_tasks) < 1 or int(self.num_models) < 1:
       raise ValueError(f"observation layout: num_tasks and num_models must be >= 1, got "
                        f"{self.num_tasks} and {self.num_models}")
-
-  @classmethod
-  def for_env(cls, env, features: str = "paper") -> "ObservationLayout":
-    """The layout of an environment's shape (anything with num_tasks and num_models)."""
-    return cls(int(env.num_tasks), int(env.num_models), features)
 
   @property
   def blocks(self) -> tuple[tuple[str, int], ...]:
