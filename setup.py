@@ -7,7 +7,10 @@ setuptools.setup(
     description="Learned best-effort LLM serving: a jitted serving simulator, "
     "a learned router and Flax OPT engines.",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["bes", "bes.*"]),
+    # configs and launch are packages too: `python -m launch.train` and config files that
+    # import each other (`from configs import default`) work without path editing.
+    packages=setuptools.find_packages(
+        include=["bes", "bes.*", "configs", "configs.*", "launch", "launch.*"]),
     package_data={"bes": ["data/*", "data/*/*"]},
     include_package_data=True,
     install_requires=[

@@ -29,15 +29,13 @@ import time
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from bes.models import opt  # noqa: E402
-from bes.models import sampling  # noqa: E402
-from bes.models.opt_config import opt_config  # noqa: E402
+from bes.models import opt
+from bes.models import sampling
+from bes.models.opt_config import opt_config
 
 _MODELS = flags.DEFINE_list("models", ["opt-125m", "opt-350m"], "Named OPT shapes.")
 _BATCHES = flags.DEFINE_list("batches", ["1", "4", "16", "32"], "Batch sizes.")

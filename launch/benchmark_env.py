@@ -24,17 +24,16 @@ import time
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
-
-from bes import policies, reference  # noqa: E402
-from bes.env import rollout as rollout_lib  # noqa: E402
-from bes.env.config import env_from_config  # noqa: E402
-from bes.workloads import sample  # noqa: E402
+from bes import policies, reference
+from bes.env import rollout as rollout_lib
+from bes.env.config import env_from_config
+from bes.workloads import sample
+from configs import default as default_config
 
 flags.DEFINE_list("num_envs", ["1", "64", "1024", "4096"], "Parallel environments.")
 flags.DEFINE_integer("steps", 256, "Calls per measured run (per environment).")
@@ -48,10 +47,7 @@ FLAGS = flags.FLAGS
 
 
 def _config():
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                  "configs"))
-  import default  # noqa: E402
-  return default.get_config()
+  return default_config.get_config()
 
 
 def make_runner(env, params, policy, steps, max_passes, num_envs):

@@ -12,16 +12,13 @@ constants have flags of the same names as `bes.roofline.RooflineParams`.
 """
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bes import profile as profile_lib  # noqa: E402
-from bes import roofline  # noqa: E402
+from bes import profile as profile_lib
+from bes import roofline
 
 _DEFAULTS = roofline.RooflineParams()
 

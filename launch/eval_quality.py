@@ -27,17 +27,14 @@ reads (its `acc` column) into a profile. The work is done by `bes.models.scoring
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax.numpy as jnp
 
-import jax.numpy as jnp  # noqa: E402
-
-from bes.models import checkpoint  # noqa: E402
-from bes.models import scoring  # noqa: E402
+from bes.models import checkpoint
+from bes.models import scoring
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Local HF-format OPT checkpoint directory.")
 _TASKS = flags.DEFINE_list("tasks", None, "Comma-separated NAME=PATH.jsonl task files.")

@@ -18,19 +18,16 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from bes.models import checkpoint  # noqa: E402
-from bes.models import sampling  # noqa: E402
+from bes.models import checkpoint
+from bes.models import sampling
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Local HF-format OPT checkpoint directory.")
 _PROMPTS = flags.DEFINE_string("prompts", None, "JSON file: a list of token-id lists or strings.")

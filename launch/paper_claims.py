@@ -23,9 +23,7 @@ import sys
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bes import metrics  # noqa: E402
+from bes import metrics
 
 _RATES = flags.DEFINE_string("rates", "results/router_rates", "Rate sweep output directory.")
 _WORKLOADS = flags.DEFINE_string("workloads", "results/router_workloads",

@@ -19,22 +19,17 @@ up there first, then among the named OPT sizes (opt-125m ... opt-66b).
 from __future__ import annotations
 
 import datetime
-import os
-import sys
 
 from absl import app
 from absl import flags
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _ROOT)
+import jax
+import jax.numpy as jnp
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from bes import profile as profile_lib  # noqa: E402
-from bes import quality as quality_lib  # noqa: E402
-from bes.models import latency  # noqa: E402
-from bes.models import opt  # noqa: E402
+from bes import profile as profile_lib
+from bes import quality as quality_lib
+from bes.models import latency
+from bes.models import opt
 
 _MODELS = flags.DEFINE_string("models", "opt-125m:1", "Comma-separated NAME:INSTANCES pairs.")
 _CONFIG_JSON = flags.DEFINE_string(

@@ -37,11 +37,8 @@ import time
 
 from absl import app, flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from bes import sweep as hyper  # noqa: E402
-from bes.sweep_file import load_sweep, plan_sweep  # noqa: E402
+from bes import sweep as hyper
+from bes.sweep_file import ROOT, load_sweep, plan_sweep
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file (configs/sweeps/<name>.py).")
 _OUT = flags.DEFINE_string("out", None, "Output directory of the sweep.")
