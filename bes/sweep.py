@@ -30,6 +30,7 @@ import re
 from typing import Any, Iterable, Mapping, Sequence
 
 from bes import metrics as metrics_lib
+from bes.config_cli import flatten
 
 SEED_KEY = "config.seed"
 # Headline metrics of the launchers' metrics.json, in table order (markdown table default).
@@ -148,16 +149,6 @@ def _number(v: Any) -> float | None:
   return float(v)
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for k, v in d.items():
-    if isinstance(v, Mapping):
-      flat.update(_flatten(v, f"{prefix}{k}."))
-    elif v is None or isinstance(v, _SCALARS):
-      flat[f"{prefix}{k}"] = v
-  return flat        # lists (e.g. "seeds") are dropped
-
-
 def rows_from_metrics(point: Mapping[str, Any], data: Mapping[str, Any],
                       where: str = "metrics.json") -> list[dict[str, Any]]:
   """Rows (one per policy) of a point: {'point', point keys..., 'policy', 'peak', metrics...}."""
@@ -179,7 +170,8 @@ def rows_from_metrics(point: Mapping[str, Any], data: Mapping[str, Any],
     row = {"point": point_name(point), **point, "policy": name}
     if "peak" in data:
       row["peak"] = data["peak"]
-    row.update({k: v for k, v in _flatten(m).items() if k not in row})
+    row.update({k: v for k, v in flatten(m).items()          # lists (e.g. "seeds") dropped
+                if k not in row and (v is None or isinstance(v, _SCALARS))})
     rows.append(row)
   return rows
 

@@ -14,6 +14,7 @@ import shlex
 import string
 from typing import Any, Mapping, Sequence
 
+from bes import config_cli
 from bes import sweep as hyper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,6 +136,21 @@ def _step_spec(i: int, raw: Any, earlier: Mapping[str, StepSpec], grid_keys: set
   return StepSpec(name, tokens, keys, takes, tuple(refs), per_point)
 
 
+def _check_override_keys(steps, grid_keys: set, base: str, path: str) -> None:
+  """The grid keys the steps pass as `--config.KEY` flags must be keys of the base config
+  (ValueError naming the key and the closest ones, before any point runs). Grid keys no
+  step passes (labels such as `config.workload.name`) are not checked."""
+  passed = set()
+  for s in steps:
+    if s.takes_overrides:
+      passed |= grid_keys if s.keys is None else set(s.keys)
+  try:
+    config_cli.check_keys(config_cli.load_config_file(os.path.join(ROOT, base)),
+                          sorted(k[len("config."):] for k in passed), base)
+  except ValueError as e:
+    raise ValueError(f"{path}: grid: {e}") from None
+
+
 def load_sweep(path: str) -> Spec:
   """Imports a sweep file and validates its `get_sweep()` (ValueError naming file and field)."""
   if not os.path.isfile(path):
@@ -168,6 +184,7 @@ def load_sweep(path: str) -> Spec:
   for i, raw in enumerate(raw_steps):
     s = _step_spec(i, raw, steps, grid_keys, path)
     steps[s.name] = s
+  _check_override_keys(steps.values(), grid_keys, base, path)
   if not isinstance(cfg.metrics_from, str):
     raise ValueError(f"{path}: metrics_from: expected a path template, got {cfg.metrics_from!r}")
   for field, ref in _fields(cfg.metrics_from, f"{path}: metrics_from"):

@@ -24,11 +24,11 @@ def get_config() -> ml_collections.ConfigDict:
   # deadline_per_token_s * output tokens, i.e. 2 s to first token plus a 30 ms per-token SLO.
   # Not type-safe: deadline_s may be one number or one per task ('2,2,3,3' or a tuple).
   config.env = ml_collections.ConfigDict(type_safe=False)
-  config.env.deadline_s = 2.0
-  config.env.deadline_per_token_s = 0.03
+  config.env.deadline_s = 2.0        # s before the first token: one number or one per task
+  config.env.deadline_per_token_s = 0.03  # s added to the deadline per output token
   config.env.reward = "hard"          # 'hard' | 'soft'
   config.env.soft_window_s = 2.0      # soft: utility falls to 0 this long after the deadline
-  config.env.miss_penalty = 0.0
+  config.env.miss_penalty = 0.0      # a rejected or (hard) late request's utility is minus this
   config.env.queue_capacity = 64      # waiting requests per instance before rejection
   config.env.episode_len = 1024       # requests per episode (training)
   config.env.rate_ema_alpha = 0.1     # weight of the newest gap in the arrival-rate estimate
@@ -36,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   # launch/simulate.py
   config.simulate = ml_collections.ConfigDict()
   config.simulate.num_requests = 20000     # generated workloads (a trace replays all of it)
+  # fixed policies of launch/simulate.py, ';'-separated (syntax: bes/policies.py)
   config.simulate.policies = "static:opt-125m;static:opt-1.3b;static:opt-6.7b;round_robin"
   config.simulate.window_s = 10.0          # window length for the window metrics
   config.simulate.chunk = 2000             # steps per jitted chunk (progress granularity)
@@ -43,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   # The learned router (bes/router/): Double DQN over a 2-hidden-layer MLP.
   config.dqn = ml_collections.ConfigDict(type_safe=False)
   config.dqn.hidden = "64,64"         # hidden widths (two layers as in the paper)
-  config.dqn.activation = "relu"
+  config.dqn.activation = "relu"     # relu | gelu | tanh | silu
   config.dqn.obs_norm = "log"         # none | scale | log (bes/router/qnetwork.py)
   config.dqn.features = "paper"       # paper (task, loads, rate) | queues (+ the joining
                                       # instance's batch and queue fill per model)
@@ -51,26 +52,26 @@ def get_config() -> ml_collections.ConfigDict:
   config.dqn.credit = "request"       # request: a request's utility rewards the decision that
                                       # routed it; step: the env's step reward (design page)
   config.dqn.gamma = 0.99             # discount per routing decision
-  config.dqn.n_step = 3
+  config.dqn.n_step = 3               # decisions per n-step return
   config.dqn.reward_center = True     # subtract the running mean reward (Q = relative value)
   config.dqn.center_rate = 1e-3       # step size of that running mean (per iteration)
   config.dqn.terminal_episode_end = False  # episodes cut one request stream: not terminal
   config.dqn.dueling = True           # value + advantage heads
-  config.dqn.learning_rate = 1e-3
+  config.dqn.learning_rate = 1e-3     # Adam step size
   config.dqn.lr_decay = True          # linear decay to learning_rate * lr_final_frac
-  config.dqn.lr_final_frac = 0.05
-  config.dqn.max_grad_norm = 10.0
-  config.dqn.huber_delta = 1.0
-  config.dqn.reward_scale = 1.0
-  config.dqn.batch_size = 256
+  config.dqn.lr_final_frac = 0.05     # (lr_decay) the final learning rate / learning_rate
+  config.dqn.max_grad_norm = 10.0     # global-norm gradient clipping
+  config.dqn.huber_delta = 1.0        # Huber loss: quadratic below this TD error
+  config.dqn.reward_scale = 1.0       # (centred) returns are multiplied by this
+  config.dqn.batch_size = 256         # n-step transitions per gradient step
   config.dqn.replay_capacity = 2048   # transitions per parallel environment
   config.dqn.num_envs = 64            # parallel environments per seed
   config.dqn.max_passes = 1           # event passes per env call (step_async)
   config.dqn.num_iterations = 20000   # env calls per environment (each: 1 action offered)
-  config.dqn.updates_per_iteration = 1
+  config.dqn.updates_per_iteration = 1  # gradient steps per iteration
   config.dqn.learning_starts = 500    # iterations before the first gradient step
-  config.dqn.eps_start = 1.0
-  config.dqn.eps_end = 0.02
+  config.dqn.eps_start = 1.0          # epsilon-greedy exploration, linear from eps_start
+  config.dqn.eps_end = 0.02           # to eps_end
   config.dqn.eps_decay_frac = 0.3     # of num_iterations
   config.dqn.target_update = "periodic"   # periodic | polyak
   config.dqn.target_period = 2000     # gradient steps between target copies (periodic)
@@ -78,14 +79,14 @@ def get_config() -> ml_collections.ConfigDict:
 
   # launch/train.py: chunks of scanned iterations, evaluation and checkpoints between them.
   config.train = ml_collections.ConfigDict(type_safe=False)
-  config.train.chunk_iterations = 2000
+  config.train.chunk_iterations = 2000    # per chunk (divides dqn.num_iterations)
   config.train.eval_episode_len = 2048    # requests per greedy evaluation episode
-  config.train.eval_episodes = 4
-  config.train.keep_checkpoints = 2
+  config.train.eval_episodes = 4          # greedy evaluation episodes after each chunk
+  config.train.keep_checkpoints = 2       # the latest checkpoints kept
   config.train.select_best = True     # the router kept is the best-evaluated chunk's (per seed)
   config.train.rate_multipliers = ""  # e.g. '0.25,0.5,1,2,4': env i trains at rate * m[i % k]
   config.train.tune_heuristics = True  # tune the hand-written baselines on the same workload
 
-  config.seed = 0
+  config.seed = 0                     # network init, workload draws and exploration
   config.num_seeds = 1                # seeds trained together (vmapped), keys split from seed
   return config

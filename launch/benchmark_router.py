@@ -27,8 +27,6 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import jax  # noqa: E402
 
 # JAX's --jax_* flags (e.g. --jax_cpu_enable_async_dispatch=false) are applied now: JAX reads
@@ -38,13 +36,12 @@ jax.config.parse_flags_with_absl()
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bes import config_cli  # noqa: E402
 from bes.router import dqn, train_lib  # noqa: E402
 from bes.router.policy import LearnedPolicy  # noqa: E402
 
 PARTS = ("throughput", "convergence", "latency")
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "configs", "default.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file.")
+_CONFIG = config_cli.define_config_flag("Config file.")
 _OUT = flags.DEFINE_string("out", "results/router_benchmark", "Writes OUT.json and OUT.md.")
 _PARTS = flags.DEFINE_list("parts", list(PARTS), f"Parts to run, of {PARTS}.")
 _NUM_ENVS = flags.DEFINE_list("num_envs", ["16", "64", "256"], "Throughput: envs per seed.")
@@ -68,9 +65,7 @@ def _positive_ints(values, flag: str) -> list[int]:
 
 def _with(config, updates: dict):
   """A copy of `config` with dotted keys replaced, e.g. `{'dqn.num_envs': 16}`."""
-  cfg = config.copy_and_resolve_references()
-  cfg.update_from_flattened_dict(updates)
-  return cfg
+  return config_cli.apply_overrides(config, updates)
 
 
 def _git() -> dict:

@@ -22,29 +22,18 @@ import sys
 import time
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+from bes import config_cli, metrics, policies
+from bes.evaluation import format_table
+from bes.env import config as env_config
+from bes.env import rollout as rollout_lib
+from bes.workloads import workload_from_config
 
-from bes import metrics, policies  # noqa: E402
-from bes.evaluation import format_table  # noqa: E402
-from bes.env import config as env_config  # noqa: E402
-from bes.env import rollout as rollout_lib  # noqa: E402
-from bes.workloads import workload_from_config  # noqa: E402
-
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "configs", "default.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file.")
+_CONFIG = config_cli.define_config_flag("Config file.")
 _PROFILE = flags.DEFINE_string("profile", None, "Profile JSON (default: config.profile).")
-_TRACE = flags.DEFINE_string(
-    "trace", None, "Trace CSV (arrived_at,num_prefill_tokens,num_decode_tokens[,task]) to "
-    "replay whole, with its own lengths, at its own timing unless --trace_rate is set; sets "
-    "config.workload.kind=trace.")
-_TRACE_RATE = flags.DEFINE_float("trace_rate", 0.0, "With --trace: rescale time to this mean "
-                                 "rate in requests/s (0 = the trace's own timing).")
+_TRACE, _TRACE_RATE = config_cli.define_trace_flags()
 _POLICY = flags.DEFINE_multi_string(
     "policy", None, "static:M | round_robin | random | task_map:M0,M1,... (M an index or a "
     "model name); repeat the flag for several. Default: config.simulate.policies.")
@@ -62,25 +51,16 @@ OUTCOME_COLUMNS = ("id", "arrival", "task", "model", "instance", "latency", "on_
                    "rejected", "utility")
 
 
-def apply_flags(config):
-  """Copies the explicit flags given on the command line into the config."""
-  if _PROFILE.value is not None:
-    config.profile = _PROFILE.value
-  if _TRACE.value is not None:
-    config.workload.kind = "trace"
-    config.workload.trace = _TRACE.value
-    config.workload.lengths = "trace"
-    config.workload.rate = _TRACE_RATE.value
-  for flag, key in ((_DEADLINE_S, "deadline_s"), (_DEADLINE_PER_TOKEN_S, "deadline_per_token_s"),
-                    (_REWARD, "reward"), (_SOFT_WINDOW_S, "soft_window_s"),
-                    (_MISS_PENALTY, "miss_penalty"), (_QUEUE_CAPACITY, "queue_capacity")):
-    if flag.value is not None:
-      config.env[key] = flag.value   # deadline_s: a string, parsed by serving_config_from
-  if _NUM_REQUESTS.value is not None:
-    config.simulate.num_requests = _NUM_REQUESTS.value
-  if _SEED.value is not None:
-    config.seed = _SEED.value
-  return config
+def flag_overrides() -> dict:
+  """The config keys set by this launcher's own flags given on the command line."""
+  given = {"profile": _PROFILE.value, "env.deadline_s": _DEADLINE_S.value,  # a string, parsed
+           "env.deadline_per_token_s": _DEADLINE_PER_TOKEN_S.value,      # by serving_config_from
+           "env.reward": _REWARD.value, "env.soft_window_s": _SOFT_WINDOW_S.value,
+           "env.miss_penalty": _MISS_PENALTY.value, "env.queue_capacity": _QUEUE_CAPACITY.value,
+           "simulate.num_requests": _NUM_REQUESTS.value, "seed": _SEED.value}
+  out = {key: value for key, value in given.items() if value is not None}
+  out.update(config_cli.trace_overrides(_TRACE.value, _TRACE_RATE.value))
+  return out
 
 
 def num_requests(config, workload) -> int:
@@ -111,7 +91,7 @@ def slug(spec: str) -> str:
 def main(argv):
   del argv
   try:
-    run(apply_flags(_CONFIG.value))
+    run(config_cli.apply_overrides(_CONFIG.value, flag_overrides()))
   except ValueError as e:
     sys.exit(f"simulate.py: error: {e}")
 

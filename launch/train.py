@@ -18,15 +18,11 @@ import sys
 import time
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bes import config_cli, progress
+from bes.router import eval_lib, train_lib
 
-from bes.router import eval_lib, train_lib  # noqa: E402
-
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "configs", "default.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file.")
+_CONFIG = config_cli.define_config_flag("Config file to train with.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.",
                                required=True)
 _EVAL = flags.DEFINE_bool("eval", True, "Evaluate against the baselines after training.")

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import jax
 import ml_collections
 
-from bes import evaluation
+from bes import config_cli, evaluation
 from bes.env import config as env_config
 from bes.router import checkpoint
 from bes.workloads import workload_from_config
@@ -48,16 +48,7 @@ def heuristic_policies(workdir: str, params) -> dict:
 
 def evaluation_config(train_config, overrides: dict | None = None) -> ml_collections.ConfigDict:
   """The training config with `overrides` ({'workload.rate': 40, ...}) applied."""
-  config = ml_collections.ConfigDict(train_config.to_dict(), type_safe=False)
-  for path, value in (overrides or {}).items():
-    node, *parts = path.split(".")
-    target = config
-    for p in [node] + parts[:-1]:
-      if p not in target:
-        raise ValueError(f"--config.{path}: no key {p!r} in the workdir's config")
-      target = target[p]
-    target[parts[-1] if parts else node] = value
-  return config
+  return config_cli.apply_overrides(train_config, overrides or {}, "the workdir's config")
 
 
 def write_report(result: dict, out: str, command: str) -> str:

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from bes import config_cli
 from bes.env import config as env_config
 from bes.router import checkpoint, dqn
 from bes.workloads import workload_from_config
@@ -86,21 +87,11 @@ def seed_keys(config) -> jax.Array:
 
 
 def _check_resume(saved: dict, config) -> None:
-  saved, given = _flat(saved), _flat(config.to_dict())
+  saved, given = config_cli.flatten(saved), config_cli.flatten(config)
   differ = sorted(k for k in set(saved) | set(given) if saved.get(k) != given.get(k))
   if differ:
     raise ValueError(f"--workdir holds a run with a different config (keys {differ}); resume "
                      f"with the same config or choose a new --workdir")
-
-
-def _flat(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-  return out
 
 
 def _rows(chunk_index, seconds, stats: dqn.ChunkStats, ev: dqn.EvalStats, iteration):
