@@ -308,6 +308,14 @@ def to_dict(policy) -> dict:
   raise ValueError(f"heuristics.to_dict: not a heuristic policy: {type(policy).__name__}")
 
 
+def format_knobs(knobs: dict) -> str:
+  """`to_dict`'s knobs for reading, numbers to 4 significant digits and without the name:
+  'mean_output_len: 195.4, mean_prompt_len: 1021, slack: 1.25, turnover: 0, dump: 1'."""
+  number = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+  value = lambda v: f"[{', '.join(map(number, v))}]" if isinstance(v, (list, tuple)) else number(v)
+  return ", ".join(f"{k}: {value(v)}" for k, v in knobs.items() if k != "name")
+
+
 def from_dict(name: str, d: dict, params: EnvParams):
   """Rebuilds heuristic `name` from `to_dict`'s knobs for an environment's `params`."""
   knobs = {k: v for k, v in d.items() if k != "name"}

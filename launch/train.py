@@ -35,16 +35,19 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)   # orbax logs every save and restore at INFO
   config, workdir = _CONFIG.value, _WORKDIR.value
   try:
-    start = time.time()
-    train_lib.train(config, workdir)
-    print(f"trained in {time.time() - start:.1f} s; checkpoints in {workdir}/checkpoints", flush=True)
-    if config.train.tune_heuristics and not os.path.exists(
-        os.path.join(workdir, eval_lib.HEURISTICS_FILE)):
-      eval_lib.tune_heuristics(config, workdir)
-    if not _EVAL.value:
-      return
-    out = os.path.join(workdir, "eval")
-    result = eval_lib.evaluate_workdir(workdir, out, deployments=_DEPLOYMENTS.value)
+    with progress.heartbeat(print) as log:   # a line at least every 10 s while compiling
+      start = time.time()
+      if train_lib.train(config, workdir, log=log):
+        log(f"trained in {time.time() - start:.1f} s; checkpoints in {workdir}/checkpoints")
+      tuned = os.path.join(workdir, eval_lib.HEURISTICS_FILE)
+      if config.train.tune_heuristics and os.path.exists(tuned):
+        log(f"reusing the tuned heuristics of {tuned} (delete it to tune again)")
+      elif config.train.tune_heuristics:
+        eval_lib.tune_heuristics(config, workdir, log=log)
+      if not _EVAL.value:
+        return
+      out = os.path.join(workdir, "eval")
+      result = eval_lib.evaluate_workdir(workdir, out, deployments=_DEPLOYMENTS.value, log=log)
   except ValueError as e:
     sys.exit(f"train.py: error: {e}")
   print("\n" + eval_lib.write_report(result, out, f"python {' '.join(sys.argv)}"))

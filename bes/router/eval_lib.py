@@ -27,9 +27,10 @@ def tune_heuristics(config, workdir: str, log: Callable[[str], None] = print) ->
   key = jax.random.PRNGKey(int(config.seed) + 2)
   tuned = {}
   for name in heuristics.HEURISTICS:
+    log(f"tuning {name} on the training workload (grid search of its knobs; compiles first)")
     policy, report = heuristics.tune(name, env, params, key)
     tuned[name] = heuristics.to_dict(policy)
-    log(f"tuned {name}: {tuned[name]}")
+    log(f"tuned {name}: {heuristics.format_knobs(tuned[name])}")
   with open(os.path.join(workdir, HEURISTICS_FILE), "w") as f:
     json.dump(tuned, f, indent=2)
   return tuned

@@ -154,8 +154,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   if latest is not None:
     ls, progress = checkpoint.restore_state(mngr, latest, jax.eval_shape(init, keys))
     start_chunk, spent = int(latest), float(progress["seconds"])
-    log(f"resumed from {workdir} at chunk {start_chunk}/{trainer.num_chunks}")
+    log(f"resumed from the checkpoint of chunk {start_chunk}/{trainer.num_chunks} in "
+        f"{workdir}/checkpoints" + (": every chunk is trained, nothing to train"
+                                    if start_chunk >= trainer.num_chunks else
+                                    "; compiling the training step first"))
   else:
+    log(f"training {len(keys)} seed(s) x {int(config.dqn.num_envs)} environments, "
+        f"{trainer.num_chunks} chunks of {int(config.train.chunk_iterations)} iterations; "
+        f"compiling the training step first")
     ls = init(keys)
   _write_csv(csv_path, [], start_chunk)
   eval_keys = jax.random.split(jax.random.PRNGKey(int(config.seed) + 1), len(keys))
