@@ -143,6 +143,7 @@ def test_sweep_with_an_unknown_override_key_fails_at_load(tmp_path):
     load_sweep(str(path))
 
 
+@pytest.mark.slow
 def test_launcher_with_an_unknown_key_fails_in_one_line():
   r = subprocess.run([sys.executable, os.path.join("launch", "simulate.py"),
                       "--config.env.queue_cap=3", "--out=unused"],

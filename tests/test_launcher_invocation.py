@@ -19,6 +19,7 @@ def _run(*argv):
                         timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, first_line", [
     (["-m", "launch.train", "--help"], "Trains the learned router"),
     ([os.path.join("launch", "simulate.py"), "--help"], "Runs fixed routing policies"),
@@ -32,6 +33,7 @@ def test_launcher_help_as_module_and_as_script(argv, first_line):
   assert "--[no]config_help:" in text              # listed among the launcher's own flags
 
 
+@pytest.mark.slow
 def test_config_file_importing_configs_loads_from_a_script():
   """configs/experiments.py does `from configs import default`: it needs `configs` installed."""
   r = _run(os.path.join("launch", "train.py"), "--config=configs/experiments.py",
