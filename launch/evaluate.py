@@ -19,7 +19,7 @@ import sys
 
 from absl import app, flags, logging
 
-from bes import config_cli, evaluation
+from bes import config_cli, evaluation, progress
 from bes.router import eval_lib
 
 _CONFIG = config_cli.define_config_flag(
@@ -45,9 +45,10 @@ def main(argv):
   overrides = config_cli.command_line_overrides(sys.argv, _CONFIG.value)
   overrides.update(config_cli.trace_overrides(_TRACE.value, _TRACE_RATE.value))
   try:
-    result = eval_lib.evaluate_workdir(
-        _WORKDIR.value, _OUT.value, overrides, num_requests=_NUM_REQUESTS.value,
-        seed=_SEED.value, baselines=_BASELINES.value, deployments=_DEPLOYMENTS.value)
+    with progress.heartbeat(print) as log:   # a line at least every 10 s while compiling
+      result = eval_lib.evaluate_workdir(
+          _WORKDIR.value, _OUT.value, overrides, num_requests=_NUM_REQUESTS.value,
+          seed=_SEED.value, baselines=_BASELINES.value, deployments=_DEPLOYMENTS.value, log=log)
   except ValueError as e:
     sys.exit(f"evaluate.py: error: {e}")
   print("\n" + eval_lib.write_report(result, _OUT.value, f"python {' '.join(sys.argv)}"))
