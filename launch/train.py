@@ -5,11 +5,13 @@ evaluates the greedy policy, appends to `WORKDIR/metrics.csv`, logs a line and w
 orbax checkpoint (learner state + full config). Run the same command again to resume an
 interrupted run: it continues from the last checkpoint and ends with the same result.
 Then it tunes the hand-written heuristics on the same workload (`WORKDIR/heuristics.json`),
-evaluates everything on one request stream (`WORKDIR/eval/metrics.json`) and prints the table.
+evaluates everything on one request stream (`WORKDIR/eval/metrics.json`) and prints the table
+(its columns: README.md, "Reading the table"). A rerun reuses the tuned heuristics.json.
 
   python launch/train.py --workdir=runs/router
   python launch/train.py --config=configs/default.py --workdir=runs/r --config.num_seeds=3 \
       --config.workload.kind=poisson --config.workload.rate=40 --config.env.reward=soft
+  python launch/train.py --workdir=runs/r --config_help     # every config key and its meaning
 """
 from __future__ import annotations
 
