@@ -15,7 +15,7 @@ from bes.env import rollout as rollout_lib
 from bes.env.serving_env import make_env
 from bes.profile import profile_from_dict
 from bes.serving_config import ServingConfig
-from tests import sim_cases
+from tests import env_testing, sim_cases
 
 NUM_STRUCTURES = 8
 VARIANTS = 12
@@ -47,7 +47,7 @@ def _structure(seed):
   base = sim_cases.random_profile(rng)
   capacity = int(rng.integers(1, 5))
   cases = [_variant(base, seed, v, capacity, NUM_REQUESTS) for v in range(VARIANTS)]
-  built = [make_env(p, c, rollout_lib.replay(r, len(p.tasks)), NUM_REQUESTS, record=True)
+  built = [make_env(p, c, env_testing.replay(r, len(p.tasks)), NUM_REQUESTS, record=True)
            for p, r, _, c in cases]
   env = built[0][0]
   params = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *[b[1] for b in built])
@@ -74,7 +74,7 @@ def test_env_equals_reference_request_by_request(seed):
   env, params, actions, cases = _structure(seed)
 
   def run(params, actions, key):
-    state, traj = rollout_lib.rollout(env, params, rollout_lib.action_table(actions), key,
+    state, traj = rollout_lib.rollout(env, params, env_testing.action_table(actions), key,
                                       NUM_REQUESTS)
     return state.outcomes, traj["reward"], traj["done"]
 
@@ -94,7 +94,7 @@ def test_bounded_passes_give_the_same_outcomes(seed, max_passes):
   calls = NUM_REQUESTS * 6
 
   def run(params, actions, key):
-    policy = rollout_lib.action_table(actions)
+    policy = env_testing.action_table(actions)
     obs, state = env.reset(key, params)
 
     def body(carry, k):
@@ -141,8 +141,8 @@ def test_hand_computed_case():
   profile = _hand_profile()
   requests = from_arrivals([0.0, 0.005, 0.030], [0, 0, 0], [100, 0, 0], [2, 1, 3])
   env, params = make_env(profile, ServingConfig(deadline_s=1.0, queue_capacity=2),
-                         rollout_lib.replay(requests, 1), episode_len=3, record=True)
-  out, rewards = rollout_lib.run_episode(env, params, rollout_lib.action_table([0, 0, 0]),
+                         env_testing.replay(requests, 1), episode_len=3, record=True)
+  out, rewards = rollout_lib.run_episode(env, params, env_testing.action_table([0, 0, 0]),
                                          jax.random.PRNGKey(0))
   np.testing.assert_array_equal(out["latency_us"], [25000, 20000, 31000])
   np.testing.assert_allclose(rewards, [0.0, 1.0, 0.5])
@@ -162,9 +162,9 @@ def test_clock_exact_over_hours_and_across_int32_wraparound():
   profile = _hand_profile(decode=(0.0123457, 0.0150001), fixed=0.0021, per_token=3.3e-5)
   config = ServingConfig(deadline_s=2.0, deadline_per_token_s=0.004, reward="soft",
                          soft_window_s=1.0, queue_capacity=2)
-  env, params = make_env(profile, config, rollout_lib.replay(requests, 1), episode_len=n,
+  env, params = make_env(profile, config, env_testing.replay(requests, 1), episode_len=n,
                          record=True)
-  out, rewards = rollout_lib.run_episode(env, params, rollout_lib.action_table(np.zeros(n)),
+  out, rewards = rollout_lib.run_episode(env, params, env_testing.action_table(np.zeros(n)),
                                          jax.random.PRNGKey(0))
   ref = reference.simulate(profile, requests, np.zeros(n, int), config)
   np.testing.assert_array_equal(out["latency_us"], ref.latency_us)

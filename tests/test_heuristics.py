@@ -1,6 +1,7 @@
 """Hand-written routers: hand-computed decisions, no output-length leak, vmapped tuning."""
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,12 +9,12 @@ import pytest
 
 from bes import heuristics, policies
 from bes.env import config as env_config
-from bes.env import rollout as rollout_lib
 from bes.env.serving_env import make_env
 from bes.profile import profile_from_dict
 from bes.requests import Requests
 from bes.serving_config import ServingConfig
 from configs import default as default_config
+from tests import env_testing
 
 KEY = jax.random.PRNGKey(0)
 
@@ -36,7 +37,7 @@ def _tiny_env(quality=((0.3, 0.9), (0.8, 0.5))):
   requests = Requests(gap_us=np.zeros(n, np.int32), task=np.zeros(n, np.int32),
                       prompt_len=np.full(n, 100, np.int32), output_len=np.full(n, 7, np.int32))
   config = ServingConfig(deadline_s=1.0, deadline_per_token_s=0.0, queue_capacity=8)
-  return make_env(profile, config, rollout_lib.replay(requests, 2), episode_len=n)
+  return make_env(profile, config, env_testing.replay(requests, 2), episode_len=n)
 
 
 def _after(env, params, actions):
@@ -165,7 +166,7 @@ def test_knobs_round_trip_through_json_and_bad_knobs_are_refused():
                  heuristics.load_threshold(params, [0.5, 1.25])):
     d = json.loads(json.dumps(heuristics.to_dict(policy)))
     rebuilt = heuristics.from_dict(d["name"], d, params)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, rebuilt, policy)
+    chex.assert_trees_all_equal(rebuilt, policy)
   with pytest.raises(ValueError, match="unknown heuristic 'nope'"):
     heuristics.tune("nope", env, params, KEY)
   with pytest.raises(ValueError, match="thresholds must be 2"):
@@ -184,7 +185,7 @@ def test_mean_lengths_of_a_replayed_workload_are_exact():
   requests = Requests(gap_us=np.ones(4, np.int32), task=np.zeros(4, np.int32),
                       prompt_len=np.array([10, 20, 30, 40], np.int32),
                       output_len=np.array([1, 2, 3, 6], np.int32))
-  assert heuristics.mean_lengths(rollout_lib.replay(requests, 1), KEY, 4) == (25.0, 3.0)
+  assert heuristics.mean_lengths(env_testing.replay(requests, 1), KEY, 4) == (25.0, 3.0)
 
 
 def test_tuned_greedy_beats_static_policies_under_heavy_load(heavy):
