@@ -10,9 +10,9 @@
   * Bad config values raise ValueErrors naming the field.
 
 Compiling the training program of the serving environment dominates the run time, so this
-module turns on JAX's persistent compilation cache while it runs (in the pytest session's
-temporary directory, shared with `tests/test_router_launchers.py`): identical programs built
-by different calls compile once.
+module turns on JAX's persistent compilation cache while it runs (conftest.py's
+`persistent_compilation_cache`, shared with `tests/test_router_launchers.py`): identical
+programs built by different calls compile once. The tiny serving run is tests/tiny_router.py.
 """
 import csv
 import dataclasses
@@ -20,73 +20,18 @@ import json
 import os
 import shutil
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import struct
-from jax.experimental.compilation_cache import compilation_cache
 
 from bes.router import checkpoint, dqn, train_lib
 from bes.router.policy import LearnedPolicy
 from configs import default as default_config
 
-_CACHE_FLAGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-                "jax_persistent_cache_min_entry_size_bytes")
-
-# A small serving deployment: two models of one instance each (batches of 2); quality[m][t].
-TINY_PROFILE = dict(name="tiny", provenance="tests/test_dqn.py", tasks=["t0", "t1"], models=[
-    dict(name="small", instances=1, gpus_per_instance=1, max_batch=2, decode_step_s=[2e-3] * 2,
-         prefill_s_fixed=0.0, prefill_s_per_token=1e-6, quality=dict(t0=0.3, t1=0.9)),
-    dict(name="big", instances=1, gpus_per_instance=1, max_batch=2, decode_step_s=[5e-3] * 2,
-         prefill_s_fixed=1e-3, prefill_s_per_token=1e-6, quality=dict(t0=0.9, t1=0.95))])
-
-# The tiny training run on it (`configs/default.py` keys): 4 environments of 12-request
-# episodes, 2 chunks of 40 iterations, 2 seeds; queues of 2 at 40 requests/s (rejections)
-# and a miss penalty; epsilon 1 (actions depend on the key only, so both credit modes see
-# the same transitions); episode ends stored as terminal (they mark episodes in the replay).
-# `tests/test_router_launchers.py` passes the same keys as flags.
-SERVING = {
-    "workload.kind": "poisson", "workload.rate": 40.0, "env.episode_len": 12,
-    "env.queue_capacity": 2, "env.miss_penalty": 0.5, "dqn.num_envs": 4,
-    "dqn.num_iterations": 80, "dqn.replay_capacity": 80, "dqn.batch_size": 16, "dqn.hidden": "8",
-    "dqn.learning_starts": 10, "dqn.target_period": 20, "dqn.eps_start": 1.0, "dqn.eps_end": 1.0,
-    "dqn.terminal_episode_end": True, "train.chunk_iterations": 40,
-    "train.eval_episode_len": 16, "train.eval_episodes": 1, "train.tune_heuristics": False,
-    "simulate.num_requests": 60, "num_seeds": 2}
-
-
-def shared_dir(tmp_path_factory, name: str) -> str:
-  """A directory of the pytest session shared by this module and the launcher tests."""
-  path = tmp_path_factory.getbasetemp() / name
-  path.mkdir(exist_ok=True)
-  return str(path)
-
-
-def tiny_profile_path(tmp_path_factory) -> str:
-  path = tmp_path_factory.getbasetemp() / "router_tiny_profile.json"
-  if not path.exists():
-    path.write_text(json.dumps(TINY_PROFILE))
-  return str(path)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-  """Persistent compilation cache for this module; the previous settings afterwards."""
-  old = {name: getattr(jax.config, name) for name in _CACHE_FLAGS}
-  jax.config.update("jax_compilation_cache_dir", shared_dir(tmp_path_factory, "router_jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-  compilation_cache.reset_cache()
-  yield
-  for name, value in old.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
-
-
-@pytest.fixture(scope="module")
-def profile_path(tmp_path_factory):
-  return tiny_profile_path(tmp_path_factory)
+pytestmark = pytest.mark.usefixtures("persistent_compilation_cache")
 
 
 # ------------------------------------------------------------- a tabular MDP behind the env API
@@ -175,6 +120,7 @@ def _tabular_config():
   return config
 
 
+@pytest.mark.slow
 def test_greedy_policy_is_optimal_on_a_chain():
   env = TabularEnv(num_tasks=3, num_models=2, episode_len=6)
   trainer = dqn.make_train(_tabular_config(), env, CHAIN, env, CHAIN)
@@ -191,19 +137,6 @@ def test_greedy_policy_is_optimal_on_a_chain():
 
 
 # ------------------------------------------------------------------ the serving environment
-def _serving_config(profile, credit="request"):
-  config = default_config.get_config()
-  config.profile = profile
-  for path, value in SERVING.items():
-    *parents, key = path.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[key] = value
-  config.dqn.credit = credit
-  return config
-
-
 def _direct_run(config):
   """Trains like `train_lib.train` (same jitted programs), without a workdir."""
   _, env, params, batched, eval_env, eval_params = train_lib.build_envs(config)
@@ -218,16 +151,18 @@ def _direct_run(config):
 
 
 @pytest.fixture(scope="module")
-def direct_runs(profile_path):
-  return {credit: _direct_run(_serving_config(profile_path, credit))
+def direct_runs(tiny_router_config):
+  return {credit: _direct_run(tiny_router_config(credit))
           for credit in ("request", "step")}
 
 
+@pytest.mark.slow
 def test_both_credit_modes_train_two_distinct_seeds(direct_runs):
   for credit, (_, state, stats) in direct_runs.items():
     for s in stats:
       for name, value in s._asdict().items():
-        assert value.shape == (2,) and np.all(np.isfinite(value)), (credit, name)
+        chex.assert_shape(value, (2,), custom_message=f"{credit} {name}")
+        chex.assert_tree_all_finite(value)
     assert np.all(stats[-1].decisions > 0) and np.all(stats[-1].loss > 0)
     np.testing.assert_array_equal(np.asarray(state.iteration), [80, 80])
     assert np.all(np.asarray(state.updates) > 0)
@@ -241,6 +176,7 @@ def _episodes(done):
   return list(zip(np.concatenate([[0], ends[:-1] + 1]), ends + 1))
 
 
+@pytest.mark.slow
 def test_request_credit_reattributes_episode_rewards(direct_runs):
   request, step = direct_runs["request"][1].replay, direct_runs["step"][1].replay
   np.testing.assert_array_equal(request.count, step.count)
@@ -266,10 +202,10 @@ def test_request_credit_reattributes_episode_rewards(direct_runs):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, profile_path):
+def trained(tmp_path_factory, tiny_router_config):
   """An uninterrupted `train_lib.train` run of the request-credit config: (workdir, result)."""
   workdir = str(tmp_path_factory.mktemp("full"))
-  return workdir, train_lib.train(_serving_config(profile_path), workdir, log=lambda s: None)
+  return workdir, train_lib.train(tiny_router_config(), workdir, log=lambda s: None)
 
 
 def _csv(workdir, drop=("seconds",)):
@@ -285,14 +221,10 @@ def _restore(workdir, trainer, config):
   return checkpoint.restore_state(mngr, mngr.latest_step(), like)[0]
 
 
-def _assert_same(a, b):
-  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-  jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
-
-
-def test_resume_ends_like_an_uninterrupted_run(trained, tmp_path, profile_path, direct_runs):
+@pytest.mark.slow
+def test_resume_ends_like_an_uninterrupted_run(trained, tmp_path, tiny_router_config, direct_runs):
   full, full_result = trained
-  config = _serving_config(profile_path)
+  config = tiny_router_config()
   workdir, logs = str(tmp_path / "resumed"), []
   train_lib.train(config, workdir, log=logs.append, stop_after_chunks=1)
   assert checkpoint.manager(workdir).latest_step() == 1 and len(_csv(workdir)) == 2
@@ -304,41 +236,46 @@ def test_resume_ends_like_an_uninterrupted_run(trained, tmp_path, profile_path, 
   assert _csv(workdir) == _csv(full)
   assert [row["chunk"] for row in _csv(full)] == ["1", "1", "2", "2"]
   trainer = direct_runs["request"][0]
-  _assert_same(_restore(workdir, trainer, config), _restore(full, trainer, config))
-  _assert_same([p.params for p in checkpoint.load_policies(workdir)[1]],
-               [p.params for p in checkpoint.load_policies(full)[1]])
+  chex.assert_trees_all_equal(_restore(workdir, trainer, config),
+                              _restore(full, trainer, config))
+  chex.assert_trees_all_equal([p.params for p in checkpoint.load_policies(workdir)[1]],
+                              [p.params for p in checkpoint.load_policies(full)[1]])
 
 
-def test_resume_with_another_config_is_refused(trained, profile_path):
+@pytest.mark.slow
+def test_resume_with_another_config_is_refused(trained, tiny_router_config):
   workdir, _ = trained
-  config = _serving_config(profile_path)
+  config = tiny_router_config()
   config.dqn.gamma, config.dqn.learning_rate = 0.5, 0.1
   with pytest.raises(ValueError, match=r"dqn\.gamma.*dqn\.learning_rate"):
     train_lib.train(config, workdir, log=lambda s: None)
 
 
-def test_refused_resume_leaves_the_workdir_config(trained, profile_path):
+@pytest.mark.slow
+def test_refused_resume_leaves_the_workdir_config(trained, tiny_router_config):
   workdir, _ = trained
-  config = _serving_config(profile_path)
+  config = tiny_router_config()
   config.dqn.gamma = 0.5
   with pytest.raises(ValueError):
     train_lib.train(config, workdir, log=lambda s: None)
   with open(f"{workdir}/config.json") as f:
-    assert json.load(f)["dqn"]["gamma"] == _serving_config(profile_path).dqn.gamma
+    assert json.load(f)["dqn"]["gamma"] == tiny_router_config().dqn.gamma
 
 
-def test_load_policies_and_greedy_routing(trained, direct_runs, profile_path):
+@pytest.mark.slow
+def test_load_policies_and_greedy_routing(trained, direct_runs, tiny_router_config):
   workdir, _ = trained
   config, seeds = checkpoint.load_policies(workdir)
-  assert config.dqn.to_dict() == _serving_config(profile_path).dqn.to_dict() and len(seeds) == 2
+  assert config.dqn.to_dict() == tiny_router_config().dqn.to_dict() and len(seeds) == 2
   trainer, state, _ = direct_runs["request"]       # same config and keys: the same learner
   saved = _restore(workdir, trainer, config)
-  _assert_same(saved.params, state.params)
+  chex.assert_trees_all_equal(saved.params, state.params)
   # The router saved is each seed's best-evaluated params (config.train.select_best): the
   # final ones only where the last chunk's evaluation beat every earlier one.
   utility = np.array([float(r["eval_mean_utility"]) for r in _csv(workdir)]).reshape(2, 2)
   for s, policy in enumerate(seeds):
-    _assert_same(policy.params, jax.tree_util.tree_map(lambda x, s=s: x[s], saved.best_params))
+    chex.assert_trees_all_equal(
+        policy.params, jax.tree_util.tree_map(lambda x, s=s: x[s], saved.best_params))
     is_final = all(np.array_equal(a, b[s]) for a, b in zip(
         jax.tree_util.tree_leaves(policy.params), jax.tree_util.tree_leaves(state.params)))
     assert is_final == (utility[1, s] > utility[0, s])
@@ -348,7 +285,7 @@ def test_load_policies_and_greedy_routing(trained, direct_runs, profile_path):
   q = np.asarray(net.apply(policy.params, obs))
   np.testing.assert_allclose(policy.q_values(obs), q, rtol=1e-6)
   routed = jax.jit(jax.vmap(policy, in_axes=(None, 0, None)))(jax.random.PRNGKey(0), obs, None)
-  assert routed.dtype == jnp.int32
+  chex.assert_type(routed, jnp.int32)
   np.testing.assert_array_equal(routed, q.argmax(-1))
   # A stack of seeds vmaps too.
   stacked = LearnedPolicy(params=state.params, network=net)
@@ -357,8 +294,9 @@ def test_load_policies_and_greedy_routing(trained, direct_runs, profile_path):
       jax.tree_util.tree_map(lambda x, s=s: x[s], state.params), obs[0]))) for s in range(2)])
 
 
+@pytest.mark.slow
 def test_trimmed_workdir_loads_the_same_router_and_refuses_to_resume(trained, tmp_path,
-                                                                     profile_path):
+                                                                     tiny_router_config):
   """`trim_to_policy` (what results/ commits) keeps exactly what evaluation reads."""
   full, _ = trained
   lean = str(tmp_path / "lean")
@@ -370,9 +308,9 @@ def test_trimmed_workdir_loads_the_same_router_and_refuses_to_resume(trained, tm
   config, seeds = checkpoint.load_policies(lean)
   full_config, full_seeds = checkpoint.load_policies(full)
   assert config.to_dict() == full_config.to_dict()
-  _assert_same([p.params for p in seeds], [p.params for p in full_seeds])
+  chex.assert_trees_all_equal([p.params for p in seeds], [p.params for p in full_seeds])
   with pytest.raises(ValueError, match=r"checkpoints/2: holds only the trained policy"):
-    train_lib.train(_serving_config(profile_path), lean, log=lambda s: None)
+    train_lib.train(tiny_router_config(), lean, log=lambda s: None)
 
 
 # ------------------------------------------------------------------ bad configs
@@ -395,8 +333,8 @@ def test_bad_config_raises_naming_the_field(field, value):
     dqn.make_train(config, env, CHAIN, env, CHAIN)
 
 
-def test_bad_train_values_raise_naming_the_field(profile_path):
-  config = _serving_config(profile_path)
+def test_bad_train_values_raise_naming_the_field(tiny_router_config):
+  config = tiny_router_config()
   config.train.rate_multipliers = "0.5,x"
   with pytest.raises(ValueError, match=r"config\.train\.rate_multipliers"):
     train_lib.rate_multipliers(config)

@@ -1,8 +1,9 @@
 """launch/train.py and launch/evaluate.py end to end (subprocesses: absl flags cannot be
-defined twice in one process) on the tiny training run of `tests/test_dqn.py`.
+defined twice in one process) on the tiny training run of `tests/test_dqn.py`
+(`tests/tiny_router.py`).
 
-The subprocesses share a JAX persistent compilation cache with `tests/test_dqn.py` (in the
-pytest session's base directory): the same config gives the same programs, so a session
+The subprocesses share a JAX persistent compilation cache with `tests/test_dqn.py`
+(conftest.py's `jax_cache_dir`): the same config gives the same programs, so a session
 that ran those tests first compiles little here. Heuristic tuning (`config.train.
 tune_heuristics`, `heuristics.json`) is off: its grid searches take about 12 s of CPU even on
 this tiny config, more than half of what these tests take.
@@ -17,19 +18,16 @@ import numpy as np
 import pytest
 
 from bes.router import train_lib
-from tests.test_dqn import SERVING, TINY_PROFILE, shared_dir, tiny_profile_path
+from tests import tiny_router
+from tests.tiny_router import SERVING, TINY_PROFILE
+
+pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = ("availability", "mean_utility", "frac_windows_ge_96", "frac_windows_ge_98",
            "perf_per_gpu", "p50_latency_s", "p99_latency_s")
 POLICIES = {"learned", "round_robin", "random"} | {f"static:{m['name']}"
                                                    for m in TINY_PROFILE["models"]}
-
-
-def _flags(profile: str) -> list[str]:
-  values = dict(SERVING, profile=profile)
-  return [f"--config.{k}={str(v).lower() if isinstance(v, bool) else v}"
-          for k, v in values.items()]
 
 
 def _run(script: str, *args, cache: str | None = None):
@@ -41,12 +39,12 @@ def _run(script: str, *args, cache: str | None = None):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_profile_path, jax_cache_dir):
   """(workdir, completed process, flags, cache) of one launch/train.py run."""
   workdir = str(tmp_path_factory.mktemp("router") / "run")
-  flags = _flags(tiny_profile_path(tmp_path_factory))
-  cache = shared_dir(tmp_path_factory, "router_jax_cache")
-  return workdir, _run("train.py", f"--workdir={workdir}", *flags, cache=cache), flags, cache
+  flags = tiny_router.launcher_flags(tiny_profile_path)
+  run = _run("train.py", f"--workdir={workdir}", *flags, cache=jax_cache_dir)
+  return workdir, run, flags, jax_cache_dir
 
 
 def _check_policies(result: dict, num_seeds: int = 2) -> None:
