@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow   # subprocesses
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.dqn.num_iterations=8", "--config.train.chunk_iterations=2",
         "--config.dqn.learning_starts=3", "--config.dqn.batch_size=8",

@@ -95,6 +95,7 @@ def write_jsonl(path, rows):
   return str(path)
 
 
+@pytest.mark.slow
 def test_accuracy_on_a_hand_made_task(ckpt, tmp_path):
   directory, hf_model, _, _ = ckpt
   examples = [

@@ -13,6 +13,8 @@ from bes.models import checkpoint
 from bes.models import sampling
 from tests import opt_testing
 
+pytestmark = pytest.mark.slow   # subprocesses
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

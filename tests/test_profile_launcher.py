@@ -15,6 +15,7 @@ TINY = {"vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1, "num_attent
         "ffn_dim": 32, "max_position_embeddings": 64}
 
 
+@pytest.mark.slow
 def test_tiny_profile_is_written_and_loads(tmp_path):
   configs = tmp_path / "configs.json"
   configs.write_text(json.dumps({"tiny": TINY, "tiny2": dict(TINY, hidden_size=32)}))

@@ -128,6 +128,7 @@ def test_committed_default_equals_builder_output():
   assert rebuilt.to_dict() == committed.to_dict()
 
 
+@pytest.mark.slow
 def test_cli_reproduces_committed_default(tmp_path):
   out = tmp_path / "p.json"
   cmd = [sys.executable, os.path.join(REPO, "launch", "build_profile.py"),

@@ -147,6 +147,7 @@ def _write_sweep(path, body):
   return str(path)
 
 
+@pytest.mark.slow
 def test_launcher_runs_simulate_and_resumes(tmp_path):
   sweep_file = _write_sweep(tmp_path / "tiny.py", """\
       s.base = "configs/default.py"
@@ -211,6 +212,7 @@ json.dump({"peak": 1.0, "policies": {"router": {"availability": rate / 10 + seed
 """
 
 
+@pytest.mark.slow
 def test_launcher_shares_steps_records_failures_and_reruns_deleted_points(tmp_path):
   (tmp_path / "train.py").write_text(_TRAIN)
   (tmp_path / "evaluate.py").write_text(_EVAL)
@@ -302,6 +304,7 @@ def test_launcher_shares_steps_records_failures_and_reruns_deleted_points(tmp_pa
     ('s.base = "configs/default.py"\ns.grid = zipit([sweep("config.a", [1]), '
      'sweep("config.b", [1, 2])])\n', "zipit: the sweeps must have equal lengths"),
 ])
+@pytest.mark.slow
 def test_bad_sweep_files_name_file_and_field(tmp_path, body, message):
   sweep_file = _write_sweep(tmp_path / "bad.py", body)
   r = _launch(f"--sweep={sweep_file}", f"--out={tmp_path / 'out'}")
@@ -310,6 +313,7 @@ def test_bad_sweep_files_name_file_and_field(tmp_path, body, message):
   assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_static_rates_sweep_file_plans(tmp_path):
   r = _launch("--sweep=configs/sweeps/static_rates.py", f"--out={tmp_path / 'out'}",
               "--dry_run")
