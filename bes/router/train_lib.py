@@ -145,15 +145,13 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   mngr = checkpoint.manager(workdir, int(config.train.keep_checkpoints))
   csv_path = os.path.join(workdir, "metrics.csv")
   start_chunk, spent = 0, 0.0
-  latest = mngr.latest_step()
-  if latest is not None:
-    saved_config, _ = checkpoint.read_config(workdir)
-    _check_resume(saved_config.to_dict(), config)
+  resumed = checkpoint.restore_latest_intact(    # skips damaged newer steps with a warning
+      mngr, jax.eval_shape(init, keys), lambda saved: _check_resume(saved.to_dict(), config),
+      warn=lambda m: log(f"warning: {m}"))
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config.to_dict(), f, indent=2, default=list)
-  if latest is not None:
-    ls, progress = checkpoint.restore_state(mngr, latest, jax.eval_shape(init, keys))
-    start_chunk, spent = int(latest), float(progress["seconds"])
+  if resumed is not None:
+    ls, start_chunk, spent = resumed.state, resumed.step, float(resumed.progress["seconds"])
     log(f"resumed from the checkpoint of chunk {start_chunk}/{trainer.num_chunks} in "
         f"{workdir}/checkpoints" + (": every chunk is trained, nothing to train"
                                     if start_chunk >= trainer.num_chunks else
