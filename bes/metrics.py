@@ -10,7 +10,11 @@ of the trace. Choices the page leaves open, stated once here:
 - "At or above X% of peak" compares a window's mean utility with `frac * peak` allowing an
   absolute slack of 1e-9 utility (float rounding of the same accuracies).
 - Performance per GPU divides the total utility by the trace duration, taken as the time from
-  the start of the trace (0) to the last arrival, and by the deployment's GPUs.
+  the start of the trace (0) to the last arrival, and by the deployment's GPUs. A run whose
+  every arrival is at 0 s has no duration and no performance per GPU: `summarize` refuses it
+  (ValueError) rather than report inf. Trace files cannot produce one: `load_trace_csv`
+  refuses a zero-span trace (one row, or all arrivals equal) when it is loaded, before any
+  simulation.
 - Latency percentiles are over completed requests only (rejected requests have no latency);
   the fraction rejected is reported separately. Percentiles use numpy's default (linear
   interpolation between order statistics). Late requests are included: they completed.
@@ -200,6 +204,9 @@ def summarize(outcomes: Mapping[str, np.ndarray], profile: Profile, window_s: fl
   pk = peak(profile, o["task"])
   lat = latency_percentiles(o["latency"], o["rejected"])
   duration = float(np.max(o["arrival"])) if duration_s is None else duration_s
+  if duration_s is None and not duration > 0:
+    raise ValueError(f"metrics.summarize: all {n[0]} arrival(s) at 0 s: zero duration, so "
+                     "perf_per_gpu is undefined; expected a last arrival after 0 s or duration_s")
   return {
       "num_requests": int(n[0]),
       "availability": availability(o["on_time"]),

@@ -149,7 +149,7 @@ def test_task_names_need_the_task_list(tmp_path):
   path = _write(tmp_path, HEADER + ",task\n0.0,5,1,piqa\n")
   with pytest.raises(ValueError, match="pass tasks= for names"):
     W.load_trace_csv(path)
-  trace = W.load_trace_csv(_write(tmp_path, HEADER + ",task\n0.0,5,1,7\n", "i.csv"))
+  trace = W.load_trace_csv(_write(tmp_path, HEADER + ",task\n0.0,5,1,7\n1.0,5,1,0\n", "i.csv"))
   with pytest.raises(ValueError, match="index 7 >= the number of tasks 4"):
     W.trace_requests(trace, W.TaskMix.uniform(4), jax.random.key(0))
 

@@ -8,7 +8,12 @@ the line and the column; `trace_requests` turns it into exact `Requests`; `Trace
 replays those inside jit, one request per `next`.
 
 Span and rate: the span of a trace is `arrival_s[-1] - arrival_s[0]` (first to last arrival)
-and its mean rate is `len(trace) / span` requests per second.
+and its mean rate is `len(trace) / span` requests per second. A trace file must have a
+positive span (at least two distinct arrival times): with zero span (one row, or every
+arrival at the same time) its rate, the replay's wrap gap and utility per second are all
+undefined, so `load_trace_csv` refuses it up front, naming the file.
+
+Files are UTF-8 text, with or without a byte-order mark.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import numpy as np
 from flax import struct
 
 from bes import clock
+from bes import io_util
 from bes import requests as requests_lib
 from bes.requests import Requests
 from bes.workloads.base import Elapsed, open_uniforms
@@ -101,10 +107,25 @@ def load_trace_csv(path: str, tasks: Sequence[str] | None = None) -> TraceData:
   Raises:
     ValueError naming the file, the line (1 = header) and the column for a missing column,
     an empty file, a non-numeric, negative or decreasing time, a non-integer or negative
-    length, an output length < 1, or an unknown task.
+    length, an output length < 1, or an unknown task; naming the file for one that cannot
+    be read, is not UTF-8 text, or has zero span (module docstring).
   """
   path = os.fspath(path)
-  with open(path, newline="") as f:
+  try:
+    trace = _read_trace_csv(path, tasks)
+  except UnicodeDecodeError:
+    raise ValueError(io_util.not_utf8_message(path)) from None
+  except OSError as e:
+    raise ValueError(f"{path}: cannot read the trace file ({e.strerror or e})") from None
+  if not trace.span_s() > 0:
+    raise ValueError(f"{path}: zero time span (all {len(trace)} arrival(s) at "
+                     f"{trace.arrival_s[0]} s); expected at least two distinct arrival times")
+  return trace
+
+
+def _read_trace_csv(path: str, tasks: Sequence[str] | None) -> TraceData:
+  """`load_trace_csv` without the decoding and span checks."""
+  with open(path, newline="", encoding="utf-8-sig") as f:
     reader = csv.reader(f)
     header = next(reader, None)
     if header is None or not any(h.strip() for h in header):
