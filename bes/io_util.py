@@ -18,17 +18,17 @@ import tempfile
 _RESCUE_DIRS: dict[str, str] = {}   # output directory (absolute) -> its rescue directory
 
 
-def not_utf8_message(path: str) -> str:
-  """'PATH:LINE: expected UTF-8 text, found byte 0xNN' for a file that fails to decode as
-  UTF-8 (with or without a byte-order mark); for the error path of text readers."""
+def not_utf8_message(path: str, what: str = "") -> str:
+  """'WHAT PATH:LINE: expected UTF-8 text, found byte 0xNN' for a file that fails to decode
+  as UTF-8 (with or without a byte-order mark); for the error path of text readers."""
   with open(path, "rb") as f:
     data = f.read()
   try:
     data.decode("utf-8-sig")
   except UnicodeDecodeError as e:
     line = data[:e.start].count(b"\n") + 1
-    return f"{path}:{line}: expected UTF-8 text, found byte {data[e.start]:#04x}"
-  return f"{path}: expected UTF-8 text"
+    return f"{what}{path}:{line}: expected UTF-8 text, found byte {data[e.start]:#04x}"
+  return f"{what}{path}: expected UTF-8 text"
 
 
 def check_writable_dir(path: str, flag: str = "--out") -> str:

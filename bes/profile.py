@@ -20,6 +20,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from bes import io_util
+
 DEFAULT_PROFILE_PATH = pathlib.Path(__file__).resolve().parent / "data" / "profiles" / "opt_a100_roofline.json"
 
 _TOP_KEYS = ("name", "provenance", "tasks", "models")
@@ -240,7 +242,9 @@ def load_profile(path: str | os.PathLike) -> Profile:
   """Reads and validates a profile JSON file; every error names the file."""
   path = pathlib.Path(path)
   try:
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8-sig")
+  except UnicodeDecodeError:
+    raise ValueError(io_util.not_utf8_message(str(path), "profile ")) from None
   except OSError as e:
     raise ValueError(f"profile {str(path)!r}: cannot read file: {e}") from e
   try:

@@ -15,6 +15,8 @@ import os
 import pathlib
 from typing import Mapping, Sequence
 
+from bes import io_util
+
 DEFAULT_QUALITY_PATH = (pathlib.Path(__file__).resolve().parent / "data" / "quality"
                         / "opt_zero_shot_accuracy.csv")
 _REQUIRED_COLUMNS = ("model", "task", "acc")
@@ -32,7 +34,7 @@ def load_quality_table(path: str | os.PathLike = DEFAULT_QUALITY_PATH) -> Qualit
   """
   path = pathlib.Path(path)
   try:
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
       reader = csv.DictReader(f)
       columns = reader.fieldnames or []
       missing = [c for c in _REQUIRED_COLUMNS if c not in columns]
@@ -57,6 +59,8 @@ def load_quality_table(path: str | os.PathLike = DEFAULT_QUALITY_PATH) -> Qualit
           raise ValueError(f"quality table {str(path)!r} line {line}: duplicate row for "
                            f"model {model!r} task {task!r}")
         table[(model, task)] = acc
+  except UnicodeDecodeError:
+    raise ValueError(io_util.not_utf8_message(str(path), "quality table ")) from None
   except OSError as e:
     raise ValueError(f"quality table {str(path)!r}: cannot read file: {e}") from e
   if not table:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bes import io_util
 from bes.models import opt
 from bes.models.opt_config import OPTConfig
 
@@ -64,19 +65,29 @@ def load_config(directory: str) -> OPTConfig:
   path = os.path.join(directory, "config.json")
   if not os.path.isfile(path):
     raise ValueError(f"checkpoint {directory!r}: no config.json found")
+  return OPTConfig.from_hf_dict(_read_json(path), source=path)
+
+
+def _read_json(path: str):
+  """The JSON value of file `path` (UTF-8, BOM allowed); ValueError naming it otherwise."""
   try:
-    with open(path) as f:
-      d = json.load(f)
+    with open(path, encoding="utf-8-sig") as f:
+      return json.load(f)
+  except UnicodeDecodeError:
+    raise ValueError(io_util.not_utf8_message(path)) from None
   except json.JSONDecodeError as e:
     raise ValueError(f"{path}: not valid JSON ({e})") from e
-  return OPTConfig.from_hf_dict(d, source=path)
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   # framework="flax" (not "numpy") so bfloat16 tensors read too (as ml_dtypes bfloat16).
   from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-  with safe_open(path, framework="flax") as f:
-    return {k: np.asarray(f.get_tensor(k)) for k in f.keys()}
+  try:
+    with safe_open(path, framework="flax") as f:
+      return {k: np.asarray(f.get_tensor(k)) for k in f.keys()}
+  except Exception as e:  # pylint: disable=broad-except  (SafetensorError is not exported)
+    raise ValueError(f"{path}: expected a complete safetensors file, cannot read it "
+                     f"({type(e).__name__}: {e}); truncated or still downloading?") from None
 
 
 def _read_bin(path: str) -> dict[str, np.ndarray]:
@@ -85,7 +96,12 @@ def _read_bin(path: str) -> dict[str, np.ndarray]:
   except ImportError as e:
     raise ValueError(f"{path}: reading PyTorch .bin checkpoints needs torch "
                      "(pip install torch), or convert the checkpoint to safetensors") from e
-  state = torch.load(path, map_location="cpu", weights_only=True)
+  try:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except  (torch raises many types)
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    raise ValueError(f"{path}: expected a complete PyTorch checkpoint, cannot read it "
+                     f"({type(e).__name__}: {first}); truncated or still downloading?") from None
   return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
           for k, v in state.items()}
 
@@ -101,8 +117,8 @@ def read_tensors(directory: str) -> dict[str, np.ndarray]:
       return reader(single)
     index = single + ".index.json"
     if os.path.isfile(index):
-      with open(index) as f:
-        weight_map = json.load(f).get("weight_map")
+      loaded = _read_json(index)
+      weight_map = loaded.get("weight_map") if isinstance(loaded, dict) else None
       if not isinstance(weight_map, dict):
         raise ValueError(f"{index}: expected a 'weight_map' object")
       tensors = {}
