@@ -36,7 +36,7 @@ jax.config.parse_flags_with_absl()
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bes import config_cli  # noqa: E402
+from bes import cli_errors, config_cli
 from bes.router import dqn, train_lib  # noqa: E402
 from bes.router.policy import LearnedPolicy  # noqa: E402
 
@@ -400,4 +400,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli_errors.user_errors(main))

@@ -17,8 +17,7 @@ import sys
 from absl import app
 from absl import flags
 
-from bes import profile as profile_lib
-from bes import roofline
+from bes import cli_errors, profile as profile_lib, roofline
 
 _DEFAULTS = roofline.RooflineParams()
 
@@ -112,4 +111,4 @@ def build(out: str) -> profile_lib.Profile:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli_errors.user_errors(main))

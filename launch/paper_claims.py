@@ -23,7 +23,7 @@ import sys
 
 from absl import app, flags
 
-from bes import metrics
+from bes import cli_errors, metrics
 
 _RATES = flags.DEFINE_string("rates", "results/router_rates", "Rate sweep output directory.")
 _WORKLOADS = flags.DEFINE_string("workloads", "results/router_workloads",
@@ -168,4 +168,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli_errors.user_errors(main))

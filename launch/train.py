@@ -21,7 +21,7 @@ import time
 
 from absl import app, flags, logging
 
-from bes import config_cli, progress
+from bes import cli_errors, config_cli, progress
 from bes.router import eval_lib, train_lib
 
 _CONFIG = config_cli.define_config_flag("Config file to train with.")
@@ -56,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli_errors.user_errors(main))
