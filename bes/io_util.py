@@ -31,22 +31,37 @@ def not_utf8_message(path: str, what: str = "") -> str:
   return f"{what}{path}: expected UTF-8 text"
 
 
-def check_writable_dir(path: str, flag: str = "--out") -> str:
-  """Creates directory `path` if needed and checks a file can be written in it.
-
-  Returns the absolute path. Raises ValueError (one line naming `flag`, the path and the
-  reason) when it exists as a file, cannot be created, or is not writable.
-  """
-  path = os.path.abspath(os.fspath(path))
+def _dir_problem(path: str) -> str | None:
+  """Why directory `path` cannot hold new files (it is created if missing), or None."""
   if os.path.exists(path) and not os.path.isdir(path):
-    raise ValueError(f"{flag}={path}: expected a directory, found a file")
+    return "expected a directory, found a file"
   try:
     os.makedirs(path, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
       pass
   except OSError as e:
-    raise ValueError(f"{flag}={path}: cannot create or write the output directory "
-                     f"({e.strerror or e})") from None
+    return f"cannot create or write the output directory ({e.strerror or e})"
+  return None
+
+
+def check_writable_dir(path: str, flag: str = "--out") -> str:
+  """Creates directory `path` if needed and checks a file can be written in it, before any
+  expensive work. Returns the absolute path; ValueError (one line naming `flag`, the path
+  and the reason) when it is a file, cannot be created, or is not writable."""
+  path = os.path.abspath(os.fspath(path))
+  if problem := _dir_problem(path):
+    raise ValueError(f"{flag}={path}: {problem}")
+  return path
+
+
+def check_writable_file(path: str, flag: str = "--out") -> str:
+  """Checks that file `path` can be written (creating its directory if needed), before any
+  expensive work. Returns the absolute path; ValueError (one line naming `flag`) if not."""
+  path = os.path.abspath(os.fspath(path))
+  if os.path.isdir(path):
+    raise ValueError(f"{flag}={path}: expected a file path, found a directory")
+  if problem := _dir_problem(os.path.dirname(path)):
+    raise ValueError(f"{flag}={path}: its directory {os.path.dirname(path)}: {problem}")
   return path
 
 

@@ -201,12 +201,12 @@ def summarize(outcomes: Mapping[str, np.ndarray], profile: Profile, window_s: fl
   if bad or len(n) != 1 or n[0] == 0:
     raise ValueError(f"metrics.summarize: outcomes expected non-empty 1-D arrays of one shape, "
                      f"got shapes { {k: o[k].shape for k in OUTCOME_KEYS} }")
-  pk = peak(profile, o["task"])
-  lat = latency_percentiles(o["latency"], o["rejected"])
   duration = float(np.max(o["arrival"])) if duration_s is None else duration_s
   if duration_s is None and not duration > 0:
     raise ValueError(f"metrics.summarize: all {n[0]} arrival(s) at 0 s: zero duration, so "
                      "perf_per_gpu is undefined; expected a last arrival after 0 s or duration_s")
+  pk = peak(profile, o["task"])
+  lat = latency_percentiles(o["latency"], o["rejected"])
   return {
       "num_requests": int(n[0]),
       "availability": availability(o["on_time"]),

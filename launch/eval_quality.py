@@ -33,6 +33,7 @@ from absl import flags
 
 import jax.numpy as jnp
 
+from bes import cli_errors, io_util
 from bes.models import checkpoint
 from bes.models import scoring
 
@@ -51,6 +52,7 @@ def main(argv):
   del argv
   if not _CHECKPOINT.value or not _OUT.value:
     raise app.UsageError("--checkpoint and --out are required")
+  io_util.check_writable_file(_OUT.value, "--out")   # before scoring, not after
   tasks = scoring.parse_tasks(_TASKS.value)
   config, params = checkpoint.load_checkpoint(_CHECKPOINT.value, jnp.dtype(_DTYPE.value))
   tokenizer = checkpoint.load_tokenizer(_CHECKPOINT.value)
@@ -65,4 +67,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli_errors.user_errors(main))

@@ -19,7 +19,7 @@ import sys
 
 from absl import app, flags, logging
 
-from bes import config_cli, evaluation, progress
+from bes import cli_errors, config_cli, evaluation, io_util, progress
 from bes.router import eval_lib
 
 _CONFIG = config_cli.define_config_flag(
@@ -45,6 +45,7 @@ def main(argv):
   overrides = config_cli.command_line_overrides(sys.argv, _CONFIG.value)
   overrides.update(config_cli.trace_overrides(_TRACE.value, _TRACE_RATE.value))
   try:
+    io_util.check_writable_dir(_OUT.value, "--out")   # before evaluating, not after
     with progress.heartbeat(print) as log:   # a line at least every 10 s while compiling
       result = eval_lib.evaluate_workdir(
           _WORKDIR.value, _OUT.value, overrides, num_requests=_NUM_REQUESTS.value,
@@ -55,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli_errors.user_errors(main))

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bes import cli_errors, io_util
 from bes.models import checkpoint
 from bes.models import sampling
 
@@ -47,8 +48,10 @@ def read_prompts(path: str, tokenizer) -> list[list[int]]:
   if not os.path.isfile(path):
     raise ValueError(f"--prompts: file {path!r} does not exist")
   try:
-    with open(path) as f:
+    with open(path, encoding="utf-8-sig") as f:
       prompts = json.load(f)
+  except UnicodeDecodeError:
+    raise ValueError(f"--prompts: {io_util.not_utf8_message(path)}") from None
   except json.JSONDecodeError as e:
     raise ValueError(f"--prompts: {path} is not valid JSON ({e})") from e
   if not isinstance(prompts, list) or not prompts:
@@ -97,6 +100,7 @@ def main(argv):
                                  top_k=_TOP_K.value, top_p=_TOP_P.value)
   if not os.path.isdir(_CHECKPOINT.value):
     raise ValueError(f"--checkpoint: directory {_CHECKPOINT.value!r} does not exist")
+  io_util.check_writable_file(_OUT.value, "--out")   # before loading and generating
   tokenizer = checkpoint.load_tokenizer(_CHECKPOINT.value)
   prompts = read_prompts(_PROMPTS.value, tokenizer)
   config, params = checkpoint.load_checkpoint(_CHECKPOINT.value, dtype=jnp.dtype(_DTYPE.value))
@@ -124,4 +128,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli_errors.user_errors(main))

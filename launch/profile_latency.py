@@ -26,8 +26,7 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
-from bes import profile as profile_lib
-from bes import quality as quality_lib
+from bes import cli_errors, io_util, profile as profile_lib, quality as quality_lib
 from bes.models import latency
 from bes.models import opt
 
@@ -71,6 +70,7 @@ def main(argv):
         f"--prefill_lengths: expected integers, got {_PREFILL_LENGTHS.value}") from e
   if not lengths or lengths[0] < 2:
     raise app.UsageError(f"--prefill_lengths: expected lengths >= 2, got {lengths}")
+  io_util.check_writable_file(_OUT.value, "--out")   # before measuring, not after
   models = latency.parse_models(_MODELS.value)
   custom = latency.load_custom_configs(_CONFIG_JSON.value)
   table = quality_lib.load_quality_table(_QUALITY.value or quality_lib.DEFAULT_QUALITY_PATH)
@@ -120,4 +120,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli_errors.user_errors(main))

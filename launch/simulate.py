@@ -25,7 +25,7 @@ from absl import app, flags, logging
 
 import jax
 
-from bes import config_cli, metrics, policies
+from bes import cli_errors, config_cli, io_util, metrics, policies
 from bes.evaluation import format_table
 from bes.env import config as env_config
 from bes.env import rollout as rollout_lib
@@ -73,15 +73,15 @@ def num_requests(config, workload) -> int:
   return n
 
 
-def write_outcomes_csv(path: str, outcomes: dict) -> None:
+def outcomes_csv(outcomes: dict) -> str:
   """One row per request in arrival order; latency in seconds (`inf` when rejected)."""
   o = outcomes
-  with open(path, "w") as f:
-    f.write(",".join(OUTCOME_COLUMNS) + "\n")
-    for i in range(len(o["arrival"])):
-      f.write(f"{i},{o['arrival'][i]:.6f},{o['task'][i]},{o['model'][i]},{o['instance'][i]},"
-              f"{o['latency'][i]:.6f},{int(o['on_time'][i])},{int(o['rejected'][i])},"
-              f"{o['utility'][i]:.6f}\n")
+  rows = [",".join(OUTCOME_COLUMNS) + "\n"]
+  for i in range(len(o["arrival"])):
+    rows.append(f"{i},{o['arrival'][i]:.6f},{o['task'][i]},{o['model'][i]},{o['instance'][i]},"
+                f"{o['latency'][i]:.6f},{int(o['on_time'][i])},{int(o['rejected'][i])},"
+                f"{o['utility'][i]:.6f}\n")
+  return "".join(rows)
 
 
 def slug(spec: str) -> str:
@@ -97,6 +97,7 @@ def main(argv):
 
 
 def run(config):
+  io_util.check_writable_dir(_OUT.value, "--out")   # before simulating, not after
   specs = _POLICY.value or [s for s in config.simulate.policies.split(";") if s]
   profile = env_config.profile_from_config(config)
   names = [m.name for m in profile.models]
@@ -106,7 +107,6 @@ def run(config):
   n = num_requests(config, workload)
   env, params, _ = env_config.env_from_config(config, episode_len=n, record=True,
                                               profile=profile, workload=workload)
-  os.makedirs(_OUT.value, exist_ok=True)
   logging.info("profile %s (%d GPUs), workload %s, %d requests, policies %s", profile.name,
                profile.num_gpus, config.workload.kind, n, specs)
   results = {}
@@ -119,24 +119,22 @@ def run(config):
     outcomes, _ = rollout_lib.run_episode(env, params, policy, jax.random.PRNGKey(config.seed),
                                           chunk=int(config.simulate.chunk), progress=progress)
     summary = metrics.summarize(outcomes, profile, window_s=float(config.simulate.window_s))
-    out_dir = _OUT.value if len(specs) == 1 else os.path.join(_OUT.value, slug(spec))
-    os.makedirs(out_dir, exist_ok=True)
-    write_outcomes_csv(os.path.join(out_dir, "outcomes.csv"), outcomes)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-      json.dump(dict(summary, policy=spec), f, indent=2)
+    sub = "" if len(specs) == 1 else slug(spec)   # never lost: io_util.write_text
+    io_util.write_text(_OUT.value, os.path.join(sub, "outcomes.csv"), outcomes_csv(outcomes))
+    io_util.write_text(_OUT.value, os.path.join(sub, "metrics.json"),
+                       json.dumps(dict(summary, policy=spec), indent=2))
     results[spec] = summary
   if len(specs) > 1:
-    with open(os.path.join(_OUT.value, "metrics.json"), "w") as f:
-      json.dump({"profile": profile.name, "workload": config.workload.to_dict(),
-                 "env": config.env.to_dict(), "num_requests": n,
-                 "peak": next(iter(results.values()))["peak"], "policies": results}, f, indent=2)
+    io_util.write_text(_OUT.value, "metrics.json", json.dumps(
+        {"profile": profile.name, "workload": config.workload.to_dict(),
+         "env": config.env.to_dict(), "num_requests": n,
+         "peak": next(iter(results.values()))["peak"], "policies": results}, indent=2))
   report = (f"{n} requests, peak (best model per task) = "
             f"{next(iter(results.values()))['peak']:.4f}\n{format_table(results)}\n")
-  with open(os.path.join(_OUT.value, "table.txt"), "w") as f:
-    f.write(f"$ python {' '.join(sys.argv)}\n\n{report}")
+  table = io_util.write_text(_OUT.value, "table.txt", f"$ python {' '.join(sys.argv)}\n\n{report}")
   print("\n" + report)
-  print(f"\nwrote {_OUT.value}")
+  print(f"\nwrote {os.path.dirname(table)}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli_errors.user_errors(main))

@@ -37,7 +37,7 @@ import time
 
 from absl import app, flags
 
-from bes import sweep as hyper
+from bes import cli_errors, io_util, sweep as hyper
 from bes.sweep_file import ROOT, load_sweep, plan_sweep
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file (configs/sweeps/<name>.py).")
@@ -83,8 +83,7 @@ def _read_json(path):
 
 
 def _write_json(path, obj):
-  with open(path, "w") as f:
-    json.dump(obj, f, indent=1)
+  io_util.atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def _tail(path, n=TAIL_LINES):
@@ -218,7 +217,7 @@ def main(argv):
   if _DRY_RUN.value:
     print(describe(selected, point_done, step_done))
     return
-  os.makedirs(out, exist_ok=True)
+  io_util.check_writable_dir(out, "--out")   # one line via cli_errors if not writable
   with open(os.path.join(out, "COMMAND.txt"), "w") as f:
     f.write(f"python {shlex.join(sys.argv)}\n{provenance()}")
   failed_path = os.path.join(out, "failed.txt")
@@ -244,4 +243,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli_errors.user_errors(main))

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import jax
 import ml_collections
 
-from bes import config_cli, evaluation
+from bes import config_cli, evaluation, io_util
 from bes.env import config as env_config
 from bes.router import checkpoint
 from bes.workloads import workload_from_config
@@ -31,8 +31,7 @@ def tune_heuristics(config, workdir: str, log: Callable[[str], None] = print) ->
     policy, report = heuristics.tune(name, env, params, key)
     tuned[name] = heuristics.to_dict(policy)
     log(f"tuned {name}: {heuristics.format_knobs(tuned[name])}")
-  with open(os.path.join(workdir, HEURISTICS_FILE), "w") as f:
-    json.dump(tuned, f, indent=2)
+  io_util.atomic_write_text(os.path.join(workdir, HEURISTICS_FILE), json.dumps(tuned, indent=2))
   return tuned
 
 
@@ -57,8 +56,7 @@ def write_report(result: dict, out: str, command: str) -> str:
   report = (f"{result['num_requests']} requests ({result['workload']['kind']}, rate "
             f"{result['workload']['rate']}), peak = {result['peak']:.4f}\n"
             f"{evaluation.format_table(result['policies'])}\n")
-  with open(os.path.join(out, "table.txt"), "w") as f:
-    f.write(f"$ {command}\n\n{report}")
+  io_util.write_text(out, "table.txt", f"$ {command}\n\n{report}")   # atomic, never lost
   return report
 
 
@@ -92,7 +90,5 @@ def evaluate_workdir(workdir: str, out: str, overrides: dict | None = None,
   result.update(workdir=os.path.abspath(workdir), num_requests=n, profile=profile.name,
                 workload=config.workload.to_dict(), env=config.env.to_dict(),
                 overrides=dict(overrides or {}))
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "metrics.json"), "w") as f:
-    json.dump(result, f, indent=2, default=list)
+  io_util.write_text(out, "metrics.json", json.dumps(result, indent=2, default=list))
   return result
