@@ -19,7 +19,7 @@ from bes import profile as profile_lib
 from bes import workloads as W
 from bes.models import checkpoint as model_checkpoint
 from bes.profile import default_profile
-from bes.router import checkpoint
+from bes.router import checkpoint, eval_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -105,6 +105,15 @@ def test_a_config_check_failure_is_not_taken_for_damage(tmp_path):
   with pytest.raises(ValueError, match="another config"):
     checkpoint.restore_latest_intact(checkpoint.manager(workdir), LIKE, refuse)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2"]
+
+
+@pytest.mark.parametrize("text", ["{", "[1, 2]", "\udce9"])
+def test_damaged_heuristics_file_is_named(tmp_path, text):
+  path = tmp_path / eval_lib.HEURISTICS_FILE
+  path.write_bytes(text.encode("utf-8", "surrogateescape"))
+  with pytest.raises(ValueError) as e:
+    eval_lib.heuristic_policies(str(tmp_path), params=None)
+  assert _one_line(str(e.value)).startswith(f"{path}: expected")
 
 
 # --- 2. unwritable or failing output directories -----------------------------------------

@@ -41,8 +41,15 @@ def heuristic_policies(workdir: str, params) -> dict:
   if not os.path.exists(path):
     return {}
   from bes import heuristics
-  with open(path) as f:
-    tuned = json.load(f)
+  try:
+    with open(path) as f:
+      tuned = json.load(f)
+  except ValueError as e:   # also UnicodeDecodeError
+    raise ValueError(f"{path}: expected the tuned heuristics as JSON ({e}); delete the file "
+                     "to tune them again") from None
+  if not isinstance(tuned, dict):
+    raise ValueError(f"{path}: expected a JSON object {{heuristic: knobs}}, got "
+                     f"{type(tuned).__name__}; delete the file to tune them again")
   return {name: heuristics.from_dict(name, d, params) for name, d in tuned.items()}
 
 
