@@ -67,12 +67,16 @@ def check_writable_file(path: str, flag: str = "--out") -> str:
 
 def atomic_write_text(path: str, text: str) -> None:
   """Writes `text` to `path` through a temporary file in the same directory and a rename,
-  so `path` holds either its old content or all of `text`. Raises OSError."""
+  so `path` holds either its old content or all of `text`; the file gets the permissions
+  `open` would give it (0666 less the umask). Raises OSError."""
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
   try:
     with os.fdopen(fd, "w", newline="") as f:
       f.write(text)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600 files
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

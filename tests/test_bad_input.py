@@ -156,6 +156,9 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
   with pytest.raises(TypeError):
     io_util.atomic_write_text(str(path), 12345)   # fails while writing
   assert path.read_text() == "old" and os.listdir(tmp_path) == ["metrics.json"]
+  plain = tmp_path / "plain.json"
+  plain.write_text("")
+  assert os.stat(path).st_mode == os.stat(plain).st_mode   # as open() would make it
 
 
 # --- 3. zero-span traces; 4. UTF-8 byte-order marks --------------------------------------
