@@ -96,6 +96,14 @@ def test_no_intact_checkpoint_is_one_error_naming_the_directory(tmp_path):
   assert os.path.join(workdir, "checkpoints") in message and "no intact checkpoint" in message
 
 
+def test_evaluating_a_workdir_without_checkpoints_creates_nothing(tmp_path):
+  workdir = tmp_path / "never_trained"
+  with pytest.raises(ValueError) as e:
+    checkpoint.read_config(str(workdir))
+  assert _one_line(str(e.value)).startswith(f"--workdir={workdir}: no checkpoint under")
+  assert not workdir.exists()
+
+
 def test_a_config_check_failure_is_not_taken_for_damage(tmp_path):
   workdir = str(tmp_path / "run")
   _save_steps(workdir)
@@ -246,6 +254,7 @@ def test_user_errors_wrapper_gives_one_line_and_exit_1(monkeypatch, capsys):
     cli_errors.user_errors(lambda argv: {}["x"])([])
 
 
+@pytest.mark.slow   # a subprocess
 def test_generate_launcher_user_error_is_one_line(tmp_path):
   (tmp_path / "p.json").write_text("[[5]]")
   proc = subprocess.run(

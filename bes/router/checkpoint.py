@@ -183,9 +183,10 @@ def read_config(workdir: str,
                 warn: Warn = _stderr_warning) -> tuple[ml_collections.ConfigDict, int]:
   """The config saved with the newest checkpoint of `workdir` whose config and params both
   read (a damaged newer one is skipped with a warning), and that checkpoint's step."""
-  mngr = manager(workdir)
-  if mngr.latest_step() is None:
-    raise ValueError(f"--workdir={workdir}: no checkpoint under {workdir}/checkpoints "
+  root = os.path.join(workdir, "checkpoints")
+  mngr = manager(workdir) if os.path.isdir(root) else None   # reading creates nothing
+  if mngr is None or mngr.latest_step() is None:
+    raise ValueError(f"--workdir={workdir}: no checkpoint under {root} "
                      f"(train first with launch/train.py --workdir={workdir})")
 
   def readable(step: int) -> ml_collections.ConfigDict:
