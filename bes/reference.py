@@ -9,14 +9,19 @@ taken in trace order and routed after every iteration end at or before them.
 
 Decisions where the design page is silent (shared with the jitted environment):
 
-* Clock: integer microseconds (`bes.clock`). Per model, `decode_us[b] =
-  seconds_to_us(decode_step_s[b-1])`, `fixed_us = seconds_to_us(prefill_s_fixed)`,
-  `per_token_ns = seconds_to_ns(prefill_s_per_token)`. An iteration with running batch b
-  (after admission) lasts `decode_us[b] + prefill_us(sum of admitted prompt_len)` where the
-  prefill term is present only if something was admitted. A decode time that rounds to
-  0 us is refused (every iteration takes at least 1 us, so time always advances).
-* Deadline budget: `deadline_us[task] + deadline_per_token_us * output_len`; on time iff
-  `latency_us <= budget_us`.
+* Clock: exact. A profile time is the decimal written in the profile (JSON numbers are
+  decimals; the float64 they parse to prints back as that shortest decimal, so
+  `Fraction(repr(x))` recovers it exactly). Every time is an integer number of *ticks* of
+  1/L microseconds, L the least common multiple of the denominators of all the profile's
+  times in microseconds (`_ticks_per_us`), so Python's integers compute every sum and
+  product exactly and never overflow: nothing here shares the jitted environment's
+  fixed-point representation (`bes.clock.Fixed`, femtoseconds). An iteration with running batch b (after admission) lasts
+  `decode_step_s[b-1] + prefill_s_fixed + prefill_s_per_token * (sum of admitted
+  prompt_len)`, the prefill terms only if something was admitted. A decode step under 1 us
+  is refused. Arrivals are whole microseconds (the requests' gaps).
+* Deadline budget: `deadline_us[task] + deadline_per_token_us * output_len` (the serving
+  config's seconds rounded to whole microseconds, `ServingConfig.deadline_us`); on time iff
+  the exact latency is <= the budget.
 * Utility (float32): on time `q`; late hard `-miss_penalty`; late soft
   `q * max(0, 1 - lateness_us / soft_window_us)`; rejected `-miss_penalty`.
 * Same instant: iteration ends first; an instance ending an iteration at t with anything
@@ -31,9 +36,12 @@ Decisions where the design page is silent (shared with the jitted environment):
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
+import fractions
 import heapq
+import math
 import operator
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -71,15 +79,20 @@ class ReferenceResult:
     arrival_us: absolute arrival time, int64 microseconds.
     model: model index chosen by the action.
     instance: instance index within the model the request was sent to (also when rejected).
-    latency_us: completion - arrival in int64 microseconds; -1 if rejected.
-    completion_us: absolute completion time, int64 microseconds; -1 if rejected.
-    admit_us: start of the iteration that admitted the request; -1 if rejected.
-    first_token_us: end of the iteration that admitted the request; -1 if rejected.
+    latency_us: completion - arrival in float64 microseconds (the exact value, rounded to
+      float64); -1 if rejected.
+    completion_us: absolute completion time, float64 microseconds; -1 if rejected.
+    admit_us: start of the iteration that admitted the request (float64 us); -1 if rejected.
+    first_token_us: end of the iteration that admitted the request (float64 us); -1 if
+      rejected.
     on_time: completed with latency_us <= its budget.
     rejected: refused at arrival because the instance's waiting queue was full.
     utility: float32 utility of the request.
     step_reward: float64 reward of the decision step for request i (see module doc).
     num_iterations: total iterations run over all instances (a scalar, for benchmarks).
+    completion_ticks: exact completion times (Python ints, ticks of 1/ticks_per_us us; -1
+      if rejected), for exact checks.
+    ticks_per_us: L, ticks per microsecond.
   """
   arrival_us: np.ndarray
   model: np.ndarray
@@ -93,35 +106,47 @@ class ReferenceResult:
   utility: np.ndarray
   step_reward: np.ndarray
   num_iterations: int = 0
+  completion_ticks: list = dataclasses.field(default_factory=list)
+  ticks_per_us: int = 1
 
   def latency_s(self) -> np.ndarray:
     """Latency in float64 seconds, shape [N]; `inf` for rejected requests."""
-    lat = self.latency_us.astype(np.float64) / clock.US_PER_S
+    lat = np.asarray(self.latency_us, np.float64) / clock.US_PER_S
     return np.where(self.rejected, np.inf, lat)
 
 
 @dataclasses.dataclass
 class _ModelTiming:
-  """Integer-microsecond timing of one model: decode_us[b] for b = 1..max_batch (index 0 unused)."""
-  decode_us: list
-  fixed_us: int
-  per_token_ns: int
+  """Exact timing of one model in ticks: decode[b] for b = 1..max_batch (index 0 unused)."""
+  decode: list
+  fixed: int
+  per_token: int
   max_batch: int
 
 
-def model_timing(model: Any, where: str = "profile") -> _ModelTiming:
-  """Quantises one model's profile times (seconds) to the integer clock (microseconds)."""
-  decode = [int(x) for x in clock.seconds_to_us(np.asarray(model.decode_step_s, np.float64))]
+def _exact_us(seconds: float) -> fractions.Fraction:
+  """A profile time (seconds) in microseconds, exactly as written (its shortest decimal)."""
+  return fractions.Fraction(repr(float(seconds))) * 1_000_000
+
+
+def _ticks_per_us(models: Sequence[Any]) -> int:
+  """The least L such that every profile time is a whole number of 1/L us."""
+  return math.lcm(1, *(_exact_us(x).denominator for m in models
+                       for x in list(m.decode_step_s) + [m.prefill_s_fixed, m.prefill_s_per_token]))
+
+
+def model_timing(model: Any, per_us: int, where: str = "profile") -> _ModelTiming:
+  """One model's profile times (seconds) as exact integers of 1/per_us us."""
+  ticks = lambda x: int(_exact_us(x) * per_us)
+  decode = [ticks(x) for x in model.decode_step_s]
   if len(decode) != model.max_batch:
     raise ValueError(f"{where}: model {model.name!r}: decode_step_s must have max_batch="
                      f"{model.max_batch} entries, got {len(decode)}")
-  if min(decode) < 1:
+  if min(decode) < per_us:
     raise ValueError(f"{where}: model {model.name!r}: decode_step_s must be >= 1 microsecond "
-                     f"at every batch size after rounding, got {list(model.decode_step_s)}")
-  return _ModelTiming(decode_us=[0] + decode,
-                      fixed_us=int(clock.seconds_to_us(model.prefill_s_fixed)),
-                      per_token_ns=int(clock.seconds_to_ns(model.prefill_s_per_token)),
-                      max_batch=int(model.max_batch))
+                     f"at every batch size, got {list(model.decode_step_s)}")
+  return _ModelTiming(decode=[0] + decode, fixed=ticks(model.prefill_s_fixed),
+                      per_token=ticks(model.prefill_s_per_token), max_batch=int(model.max_batch))
 
 
 class _Instance:
@@ -179,32 +204,33 @@ def _action(i: int, a: Any, num_models: int) -> int:
   return m
 
 
-def utility(q: float, latency_us: int, budget_us: int, config: ServingConfig) -> np.float32:
-  """Float32 utility of a completed request with quality q (decision 3 of the module doc)."""
+def utility(q: float, latency_us, budget_us: int, config: ServingConfig) -> np.float32:
+  """Float32 utility of a completed request with quality q (decision 3 of the module doc);
+  `latency_us` exact (an int or a Fraction)."""
   if latency_us <= budget_us:
     return np.float32(q)
   if config.reward == "hard":
     return np.float32(-config.miss_penalty)
-  lateness = np.float32(latency_us - budget_us)
+  lateness = np.float32(float(latency_us - budget_us))
   frac = np.float32(1) - lateness / np.float32(config.soft_window_us)
   return np.float32(np.float32(q) * max(np.float32(0), frac))
 
 
-def step_rewards(arrival_us: np.ndarray, final_us: np.ndarray, rejected: np.ndarray,
+def step_rewards(arrival: Sequence[int], final: Sequence[int], rejected: np.ndarray,
                  util: np.ndarray) -> np.ndarray:
-  """Float64 reward per decision step, shape [N].
+  """Float64 reward per decision step, shape [N]; `arrival` and `final` exact times (Python
+  ints of one unit, e.g. ticks), sorted arrivals.
 
-  A completion at time t (microseconds) belongs to the last step j with a_j < t (so a
-  completion exactly at a_i belongs to step i-1); a rejection belongs to its own step.
-  Completions after the last arrival belong to the last step (the drain).
+  A completion at time t belongs to the last step j with a_j < t (so a completion exactly
+  at a_i belongs to step i-1); a rejection belongs to its own step. Completions after the
+  last arrival belong to the last step (the drain).
   """
-  n = arrival_us.shape[0]
-  step = np.searchsorted(arrival_us, final_us, side="left") - 1
-  step = np.where(rejected, np.arange(n), step)
-  if n and np.any(step < 0):
+  n = len(arrival)
+  step = [i if rejected[i] else bisect.bisect_left(arrival, final[i]) - 1 for i in range(n)]
+  if n and min(step) < 0:
     raise AssertionError("a completion at or before the first arrival")
   out = np.zeros(n, np.float64)
-  np.add.at(out, step, util.astype(np.float64))
+  np.add.at(out, np.asarray(step, np.int64), util.astype(np.float64))
   return out
 
 
@@ -238,7 +264,8 @@ def simulate(profile: Any, requests: Any, actions: Sequence[int] | Policy,
     actions = list(actions)
     if len(actions) != n:
       raise ValueError(f"actions: expected {n} model indices (one per request), got {len(actions)}")
-  timings = [model_timing(m, f"profile {getattr(profile, 'name', '')!r}") for m in models]
+  one_us = _ticks_per_us(models)
+  timings = [model_timing(m, one_us, f"profile {getattr(profile, 'name', '')!r}") for m in models]
   quality = [[float(m.quality[t]) for t in profile.tasks] for m in models]
   instances = [[_Instance(mi, k, timings[mi]) for k in range(m.instances)]
                for mi, m in enumerate(models)]
@@ -250,9 +277,9 @@ def simulate(profile: Any, requests: Any, actions: Sequence[int] | Policy,
   model_of, inst_of = [0] * n, [0] * n
   completion, admit, first_token = [-1] * n, [-1] * n, [-1] * n
   rejected_l = [False] * n
-  arrival_l, task_l = arrival.tolist(), task.tolist()
+  arrival_l, task_l = [int(a) * one_us for a in arrival.tolist()], task.tolist()
   out_len_l, prompt_l = out_len.tolist(), prompt.tolist()
-  ends = []  # heap of (end time us, model, instance index)
+  ends = []  # heap of (end time in ticks, model, instance index)
   num_iterations = 0
 
   def start_iteration(inst: _Instance, t: int) -> None:
@@ -267,9 +294,9 @@ def simulate(profile: Any, requests: Any, actions: Sequence[int] | Policy,
       admit[r] = t
       admitted_tokens += prompt_l[r]
       admitted = True
-    duration = tm.decode_us[len(inst.running)]
+    duration = tm.decode[len(inst.running)]
     if admitted:
-      duration += clock.prefill_us(admitted_tokens, tm.fixed_us, tm.per_token_ns)
+      duration += tm.fixed + tm.per_token * admitted_tokens
     inst.busy = True
     num_iterations += 1
     heapq.heappush(ends, (t + duration, inst.model, inst.index))
@@ -301,7 +328,7 @@ def simulate(profile: Any, requests: Any, actions: Sequence[int] | Policy,
     process_ends_until(a_i)
     if callable(actions):
       loads = [[(len(x.running), len(x.waiting)) for x in insts] for insts in instances]
-      view = RequestView(i, a_i, task_l[i], prompt_l[i])
+      view = RequestView(i, int(arrival[i]), task_l[i], prompt_l[i])
       m = _action(i, actions(i, view, loads), num_models)
     else:
       m = _action(i, actions[i], num_models)
@@ -319,17 +346,22 @@ def simulate(profile: Any, requests: Any, actions: Sequence[int] | Policy,
 
   budget_l = budget.tolist()
   penalty = np.float32(-config.miss_penalty)
+  lat = [None if rejected_l[i] else fractions.Fraction(completion[i] - arrival_l[i], one_us)
+         for i in range(n)]
   util = np.array([penalty if rejected_l[i] else
-                   utility(quality[model_of[i]][task_l[i]], completion[i] - arrival_l[i],
-                           budget_l[i], config) for i in range(n)], np.float32).reshape(n)
+                   utility(quality[model_of[i]][task_l[i]], lat[i], budget_l[i], config)
+                   for i in range(n)], np.float32).reshape(n)
   rejected = np.array(rejected_l, bool).reshape(n)
-  completion = np.array(completion, np.int64).reshape(n)
-  latency = np.where(rejected, -1, completion - arrival)
-  final = np.where(rejected, arrival, completion)
+  us = lambda ticks: np.array([-1.0 if t < 0 else float(fractions.Fraction(t, one_us))
+                               for t in ticks], np.float64).reshape(n)
+  on_time = np.array([lat[i] is not None and lat[i] <= budget_l[i] for i in range(n)],
+                     bool).reshape(n)
+  final = [arrival_l[i] if rejected_l[i] else completion[i] for i in range(n)]
   return ReferenceResult(
       arrival_us=arrival, model=np.array(model_of, np.int64).reshape(n),
-      instance=np.array(inst_of, np.int64).reshape(n), latency_us=latency,
-      completion_us=completion, admit_us=np.array(admit, np.int64).reshape(n),
-      first_token_us=np.array(first_token, np.int64).reshape(n),
-      on_time=~rejected & (latency <= budget), rejected=rejected, utility=util,
-      step_reward=step_rewards(arrival, final, rejected, util), num_iterations=num_iterations)
+      instance=np.array(inst_of, np.int64).reshape(n),
+      latency_us=np.array([-1.0 if x is None else float(x) for x in lat], np.float64).reshape(n),
+      completion_us=us(completion), admit_us=us(admit), first_token_us=us(first_token),
+      on_time=on_time, rejected=rejected, utility=util,
+      step_reward=step_rewards(arrival_l, final, rejected, util), num_iterations=num_iterations,
+      completion_ticks=list(completion), ticks_per_us=one_us)

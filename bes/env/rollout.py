@@ -38,10 +38,13 @@ def rollout(env: ServingEnv, params: EnvParams, policy, key: jax.Array, num_step
 
 def outcomes_to_numpy(outcomes) -> dict:
   """Recorded `Outcomes` as numpy arrays: `arrival` (s, float64 exact), `task`, `model`,
-  `instance`, `latency` (s, inf when rejected), `latency_us` (-1 when rejected), `on_time`,
+  `instance`, `latency` (s, inf when rejected), `latency_us` (int64 whole microseconds, exact
+  for any duration; -1 when rejected), `on_time`,
   `rejected`, `utility`. Works on batched outcomes ([..., episode_len])."""
   o = jax.device_get(outcomes)
   latency_us = np.asarray(o.latency_us, np.int64)
+  latency_us = np.where(latency_us < 0, -1,
+                        np.asarray(o.latency_epochs, np.int64) * clock.EPOCH_US + latency_us)
   return dict(
       arrival=np.cumsum(np.asarray(o.gap_us, np.int64), axis=-1) / clock.US_PER_S,
       task=np.asarray(o.task), model=np.asarray(o.model), instance=np.asarray(o.instance),

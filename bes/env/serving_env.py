@@ -66,10 +66,13 @@ class Outcomes:
   """Per-request outcomes of the current episode, arrays [episode_len] (recording mode only).
 
   model = -1 marks a request without an outcome yet; latency_us = -1 when rejected.
+  The latency is `latency_epochs * clock.EPOCH_US + latency_us` whole microseconds (rounded
+  down), exact for any duration (`outcomes_to_numpy` in rollout.py combines them).
   """
   model: jnp.ndarray       # int32
   instance: jnp.ndarray    # int32, index within the model
-  latency_us: jnp.ndarray  # int32
+  latency_us: jnp.ndarray  # int32, below EPOCH_US
+  latency_epochs: jnp.ndarray  # int32
   on_time: jnp.ndarray     # bool
   rejected: jnp.ndarray    # bool
   utility: jnp.ndarray     # float32
@@ -79,7 +82,8 @@ class Outcomes:
 
 @struct.dataclass
 class EnvState:
-  """One environment. Times are int32 microseconds on a wrapping clock (`instances.py`).
+  """One environment. Arrivals (`now`, `until`) are int32 whole microseconds on a wrapping
+  clock; iteration ends are fixed-point (`bes/clock.py`, `instances.py`).
 
   While `ready`, `request` (index `index` in the episode, arrived at `now`) waits for its
   routing decision. After routing, `next_request` (arriving at `until`) has been drawn and
@@ -114,6 +118,8 @@ class ServingEnv:
     credit: report, in `step_async`'s info["credit"], each completed request's episode index
       and utility, so a learner can credit a request's utility to the decision that routed
       it (needs a bounded `max_passes`).
+    long_deadlines: latency budgets may reach 2^30 us (about 18 min) or more; entries then
+      carry deadline epochs (`make_env` decides from the workload's length bounds).
   """
   instances: tuple[int, ...]
   max_batch: tuple[int, ...]
@@ -122,6 +128,7 @@ class ServingEnv:
   episode_len: int
   record: bool = False
   credit: bool = False
+  long_deadlines: bool = False
 
   @property
   def num_models(self) -> int:
@@ -139,7 +146,8 @@ class ServingEnv:
   # ----------------------------------------------------------------------------- reset / step
   def reset(self, key: jax.Array, params: EnvParams):
     """Empty instances; the first request of an episode arrives. Returns (obs, state)."""
-    groups = tuple(inst.init_group(i, b, self.queue_capacity, self.record, self.credit)
+    groups = tuple(inst.init_group(i, b, self.queue_capacity, self.record, self.credit,
+                                   self.long_deadlines)
                    for i, b in zip(self.instances, self.max_batch))
     k_init, k_next = jax.random.split(key)
     wstate = params.workload.init(k_init)
@@ -195,9 +203,8 @@ class ServingEnv:
     """If ready: request `index` joins the chosen model (or is rejected); draws the next one."""
     go = state.ready
     req, idx, now = state.request, state.index, state.now
-    budget = params.deadline_us[req.task] + params.deadline_per_token_us * req.output_len
-    fields = dict(output=req.output_len, deadline=now + budget, prompt=req.prompt_len,
-                  arrival=now, req=idx)
+    fields = dict(output=req.output_len, prompt=req.prompt_len, arrival=now, epochs=0, req=idx,
+                  **self._deadline(now, req, params))
     next_req, wstate = params.workload.next(key, state.workload)
     until = jnp.where(go, now + next_req.gap_us, state.until)      # wraps: see instances.py
     drain = idx == self.episode_len - 1
@@ -218,7 +225,8 @@ class ServingEnv:
       outcomes = o.replace(
           model=put(o.model, action), instance=put(o.instance, instance),
           rejected=put(o.rejected, rejected), utility=put(o.utility, penalty),
-          latency_us=put(o.latency_us, -1), on_time=put(o.on_time, False),
+          latency_us=put(o.latency_us, -1), latency_epochs=put(o.latency_epochs, 0),
+          on_time=put(o.on_time, False),
           gap_us=put(o.gap_us, req.gap_us), task=put(o.task, req.task))
     pick = lambda new, old: jax.tree_util.tree_map(lambda x, y: jnp.where(go, x, y), new, old)
     state = state.replace(
@@ -243,7 +251,7 @@ class ServingEnv:
         gs, state = carry
         gs, c = inst.advance_pass(gs, gp, until, drain)
         utility = self._utility(c, params)
-        on_time = c.done & (c.late_us <= 0)
+        on_time = c.done & c.on_time
         state = state.replace(reward=state.reward + jnp.where(c.done, utility, 0.0).sum(),
                               completed=state.completed + c.done.sum(dtype=jnp.int32),
                               on_time=state.on_time + on_time.sum(dtype=jnp.int32))
@@ -254,7 +262,8 @@ class ServingEnv:
           put = lambda x, v: x.at[rows].set(v.reshape(-1), mode="drop")
           o = state.outcomes
           state = state.replace(outcomes=o.replace(
-              latency_us=put(o.latency_us, c.latency_us), on_time=put(o.on_time, c.late_us <= 0),
+              latency_us=put(o.latency_us, c.latency_us),
+              latency_epochs=put(o.latency_epochs, c.latency_epochs), on_time=put(o.on_time, c.on_time),
               utility=put(o.utility, utility)))
         return gs, state
 
@@ -296,18 +305,32 @@ class ServingEnv:
     del params
     return self.layout.build(observation.serving_view(state))
 
+  def _deadline(self, now, req: Requests, params: EnvParams) -> dict:
+    """Entry fields of a request's deadline, `now + deadline_us[task] + deadline_per_token_us
+    * output_len` (whole us). With `long_deadlines` the budget is split exactly into epochs
+    of `clock.EPOCH_US` (`dl_epochs`) and a part below 2^31 kept at least one epoch ahead
+    while epochs remain (`instances._rebase` releases them as the clock approaches)."""
+    base = params.deadline_us[req.task]
+    if not self.long_deadlines:      # make_env checked that budgets stay below 2^30 us
+      return dict(deadline=now + base + params.deadline_per_token_us * req.output_len)
+    epochs, rest = clock.wide_mul(req.output_len, params.deadline_per_token_us)
+    ahead = base + rest                                             # < 2^29 + 2^30
+    move = (epochs > 0) & (ahead < clock.EPOCH_US)
+    return dict(deadline=now + ahead + jnp.where(move, clock.EPOCH_US, 0),
+                dl_epochs=epochs - move)
+
   @staticmethod
   def _utility(c: inst.Completions, params: EnvParams):
     """Utility of completed requests, float32 [I, B] (design page, 'Utility of a request')."""
-    late = c.late_us.astype(jnp.float32)
-    soft = c.quality * jnp.maximum(0.0, 1.0 - late / params.soft_window_us.astype(jnp.float32))
+    soft = c.quality * jnp.maximum(0.0, 1.0 - c.late_us / params.soft_window_us.astype(jnp.float32))
     late_utility = jnp.where(params.soft, soft, -params.miss_penalty)
-    return jnp.where(c.late_us <= 0, c.quality, late_utility).astype(jnp.float32)
+    return jnp.where(c.on_time, c.quality, late_utility).astype(jnp.float32)
 
   def _empty_outcomes(self) -> Outcomes:
     n = self.episode_len
     return Outcomes(model=jnp.full((n,), -1, jnp.int32), instance=jnp.full((n,), -1, jnp.int32),
-                    latency_us=jnp.full((n,), -1, jnp.int32), on_time=jnp.zeros((n,), bool),
+                    latency_us=jnp.full((n,), -1, jnp.int32),
+                    latency_epochs=jnp.zeros((n,), jnp.int32), on_time=jnp.zeros((n,), bool),
                     rejected=jnp.zeros((n,), bool), utility=jnp.zeros((n,), jnp.float32),
                     gap_us=jnp.zeros((n,), jnp.int32), task=jnp.zeros((n,), jnp.int32))
 
@@ -324,43 +347,87 @@ def _update_gap_ema(ema_s, gap_us, alpha):
 # --------------------------------------------------------------------------------- builders
 def make_env(profile, config: ServingConfig, workload, episode_len: int, record: bool = False,
              rate_ema_alpha: float = 0.1, credit: bool = False) -> tuple[ServingEnv, EnvParams]:
-  """The environment and its parameters for a profile, a serving config and a workload."""
+  """The environment and its parameters for a profile, a serving config and a workload.
+
+  Refuses, naming the field, what the clock cannot hold (`bes/clock.py`): an iteration
+  longer than `clock.MAX_ITERATION_US` (decode step plus the prefill of a full batch of the
+  workload's longest prompts), deadlines or soft windows of `clock.LATE_CLAMP_US` or more.
+  Budgets of 2^30 us or more (or a workload whose output lengths are unbounded) switch on
+  `long_deadlines`.
+  """
   num_tasks = len(profile.tasks)
   config.validate(num_tasks)
   if int(episode_len) < 1:
     raise ValueError(f"episode_len must be >= 1, got {episode_len}")
   if not 0.0 < rate_ema_alpha <= 1.0:
     raise ValueError(f"rate_ema_alpha must be in (0, 1], got {rate_ema_alpha}")
+  bounds = length_bounds(workload)
+  groups = tuple(group_params(m, None if bounds is None else bounds[0]) for m in profile.models)
+  deadline_us = _below(config.deadline_us(num_tasks), clock.LATE_CLAMP_US, "deadline_s")
+  per_token_us = _below(config.deadline_per_token_us, clock.LATE_CLAMP_US, "deadline_per_token_s")
+  soft_window_us = _below(config.soft_window_us, clock.LATE_CLAMP_US, "soft_window_s")
+  long_deadlines = (bounds is None or
+                    int(deadline_us.max()) + int(per_token_us) * bounds[1] >= clock.EPOCH_US)
   env = ServingEnv(instances=tuple(m.instances for m in profile.models),
                    max_batch=tuple(m.max_batch for m in profile.models), num_tasks=num_tasks,
                    queue_capacity=int(config.queue_capacity), episode_len=int(episode_len),
-                   record=record, credit=credit)
+                   record=record, credit=credit, long_deadlines=bool(long_deadlines))
   params = EnvParams(
-      groups=tuple(group_params(m) for m in profile.models),
-      quality=jnp.asarray(profile.quality_matrix(), jnp.float32),
-      deadline_us=jnp.asarray(_int32(config.deadline_us(num_tasks), "deadline_s")),
-      deadline_per_token_us=jnp.int32(_int32(config.deadline_per_token_us, "deadline_per_token_s")),
-      soft=jnp.bool_(config.reward == "soft"),
-      soft_window_us=jnp.int32(_int32(config.soft_window_us, "soft_window_s")),
+      groups=groups, quality=jnp.asarray(profile.quality_matrix(), jnp.float32),
+      deadline_us=jnp.asarray(deadline_us, jnp.int32),
+      deadline_per_token_us=jnp.int32(per_token_us),
+      soft=jnp.bool_(config.reward == "soft"), soft_window_us=jnp.int32(soft_window_us),
       miss_penalty=jnp.float32(config.miss_penalty), rate_ema_alpha=jnp.float32(rate_ema_alpha),
       workload=workload)
   return env, params
 
 
-def group_params(model) -> inst.GroupParams:
-  """Quantises one model's latency (seconds) to the simulator's integer clock."""
-  decode = clock.seconds_to_us(model.decode_step_s)
-  if np.any(decode < 1):
-    raise ValueError(f"model {model.name!r}: decode_step_s must be >= 1 microsecond after rounding")
-  return inst.GroupParams(
-      decode_us=jnp.asarray(_int32(np.concatenate([[0], decode]), f"{model.name}.decode_step_s")),
-      prefill_fixed_us=jnp.int32(_int32(clock.seconds_to_us(model.prefill_s_fixed), "prefill_s_fixed")),
-      prefill_per_token_ns=jnp.int32(_int32(clock.seconds_to_ns(model.prefill_s_per_token),
-                                            "prefill_s_per_token")))
+def length_bounds(workload) -> tuple[int, int] | None:
+  """(longest prompt, longest output) in tokens a workload can produce, from its length
+  model or its trace; None when unknown (then nothing is assumed)."""
+  lengths = getattr(workload, "lengths", None)
+  if lengths is not None:
+    return int(lengths.max_prompt_len), int(lengths.max_output_len)
+  requests = getattr(workload, "requests", None)
+  try:
+    return int(np.max(np.asarray(requests.prompt_len))), int(np.max(np.asarray(requests.output_len)))
+  except Exception:  # no trace, or traced arrays: unknown  # pylint: disable=broad-except
+    return None
 
 
-def _int32(x, what: str):
-  x = np.asarray(x)
-  if np.any(x > np.iinfo(np.int32).max // 4) or np.any(x < 0):
-    raise ValueError(f"{what}: {x} is out of range for the int32 microsecond clock")
-  return x.astype(np.int32)
+def group_params(model, max_prompt_len: int | None = None) -> inst.GroupParams:
+  """One model's latency (float64 seconds) on the simulator's fixed-point clock, exactly
+  rounded (`clock.to_fixed`). Refuses decode steps under 1 us and iterations (decode at the
+  full batch plus the prefill of `max_batch` prompts of `max_prompt_len` tokens, when known)
+  of `clock.MAX_ITERATION_US` or more, naming the model and field."""
+  where = f"profile model {model.name!r}"
+  seconds = {"decode_step_s": np.asarray(model.decode_step_s, np.float64),
+             "prefill_s_fixed": np.float64(model.prefill_s_fixed),
+             "prefill_s_per_token": np.float64(model.prefill_s_per_token)}
+  for field, x in seconds.items():
+    if not np.all(np.isfinite(x)) or np.any(x < 0):
+      raise ValueError(f"{where}: field {field!r} must be finite and >= 0 seconds, got {x}")
+  if np.any(seconds["decode_step_s"] < 1e-6):
+    raise ValueError(f"{where}: field 'decode_step_s' must be >= 1 microsecond at every batch "
+                     f"size, got {seconds['decode_step_s'].min()} s")
+  tokens = int(model.max_batch) * int(max_prompt_len or 0)
+  longest = (seconds["decode_step_s"].max() + seconds["prefill_s_fixed"]
+             + seconds["prefill_s_per_token"] * tokens)
+  if longest * clock.US_PER_S >= clock.MAX_ITERATION_US:
+    raise ValueError(f"{where}: an iteration may last {longest:.1f} s (decode_step_s at the full "
+                     f"batch + prefill of {tokens} prompt tokens); the clock holds iterations "
+                     f"below {clock.MAX_ITERATION_US / clock.US_PER_S:.0f} s")
+  decode = clock.to_fixed(np.concatenate([[seconds["decode_step_s"][0]], seconds["decode_step_s"]]))
+  as_fixed = lambda parts: clock.Fixed(jnp.asarray(parts[0], jnp.int32), jnp.asarray(parts[1], jnp.int32))
+  return inst.GroupParams(decode=as_fixed(decode),
+                          prefill_fixed=as_fixed(clock.to_fixed(seconds["prefill_s_fixed"])),
+                          prefill_per_token=as_fixed(clock.to_fixed(seconds["prefill_s_per_token"])))
+
+
+def _below(us, limit: int, field: str) -> np.ndarray:
+  """Whole microseconds of a serving-config field, checked to lie in [0, limit)."""
+  us = np.asarray(us, np.int64)
+  if np.any(us < 0) or np.any(us >= limit):
+    raise ValueError(f"serving config: field {field!r} must be below {limit / clock.US_PER_S:.0f} s "
+                     f"(the clock's range), got {us / clock.US_PER_S} s")
+  return us
