@@ -7,7 +7,9 @@ so a case is reproducible from its seed (`random_case(seed)`).
 Half of the profiles are on a millisecond grid (whole-millisecond decode and fixed prefill
 times, no per-token prefill) and half of the workloads have whole-millisecond gaps, so that
 arrivals often land exactly on iteration ends and the same-instant ordering rules are
-exercised; some gaps are exactly 0 (simultaneous arrivals).
+exercised; some gaps are exactly 0 (simultaneous arrivals). `fine` profiles have times
+that are not whole microseconds (picoseconds, and per-token prefill costs of femtosecond
+resolution, tiny), as measured or roofline profiles have.
 """
 from __future__ import annotations
 
@@ -19,13 +21,16 @@ from bes.serving_config import ServingConfig
 
 
 def random_profile(rng: np.random.Generator, num_models: int | None = None,
-                   num_tasks: int | None = None, grid: bool | None = None) -> Profile:
+                   num_tasks: int | None = None, grid: bool | None = None,
+                   fine: bool = False) -> Profile:
   """A random small deployment.
 
   1-3 models with 1-3 instances each, max_batch 1-6, decode tables in 1..20 ms (sorted
   increasing with probability 1/2, otherwise non-monotone), prefill fixed 0..5 ms and
   per-token 0..50 us, random quality in [0, 1], 1-4 tasks. With `grid` (default: a coin
-  flip) every time is a whole number of milliseconds and the per-token prefill is 0.
+  flip) every time is a whole number of milliseconds and the per-token prefill is 0. With
+  `fine` (and not `grid`), decode and fixed prefill times have picosecond resolution and
+  the per-token prefill is 0..20 ns with femtosecond resolution.
   """
   num_models = int(rng.integers(1, 4)) if num_models is None else num_models
   num_tasks = int(rng.integers(1, 5)) if num_tasks is None else num_tasks
@@ -38,6 +43,10 @@ def random_profile(rng: np.random.Generator, num_models: int | None = None,
       decode = rng.integers(1, 21, max_batch) / 1e3
       fixed = int(rng.integers(0, 6)) / 1e3
       per_token = 0.0
+    elif fine:
+      decode = np.round(rng.uniform(1e-3, 20e-3, max_batch), 12)
+      fixed = round(float(rng.uniform(0.0, 5e-3)), 12)
+      per_token = round(float(rng.uniform(0.0, 20e-9)), 15)
     else:
       decode = np.round(rng.uniform(1e-3, 20e-3, max_batch), 6)
       fixed = round(float(rng.uniform(0.0, 5e-3)), 6)

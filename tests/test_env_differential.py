@@ -25,9 +25,10 @@ NUM_REQUESTS = 120
 def _variant(base, seed, v, capacity, n):
   """A case with `base`'s structure and everything else random."""
   rng = np.random.default_rng([seed, v])
-  grid = bool(rng.integers(2))
+  kind = int(rng.integers(3))                      # ms grid | whole us | sub-microsecond
+  grid = kind == 0
   fresh = sim_cases.random_profile(rng, num_models=len(base.models), num_tasks=len(base.tasks),
-                                   grid=grid)
+                                   grid=grid, fine=kind == 2)
   models = []
   for b, f in zip(base.models, fresh.models):
     d = f.__dict__ | {"instances": b.instances, "max_batch": b.max_batch}

@@ -73,17 +73,22 @@ def test_serving_config_validation_names_the_field(field, value):
     ServingConfig(**{field: value}).validate(num_tasks=4)
 
 
-def test_prefill_cost_is_exact_integer_arithmetic():
-  # 1.5 us/token = 1500 ns: 7 tokens -> floor(10500 / 1000) = 10 us, + 3 fixed.
-  assert clock.prefill_us(7, 3, 1500) == 13
+def test_prefill_cost_is_exact_fixed_point_arithmetic():
+  """instances.prefill_cost = fixed + tokens * per_token, exact to the femtosecond."""
+  import fractions
+  from bes.env.instances import GroupParams, prefill_cost
+  fx = lambda seconds: clock.Fixed(*(jnp.asarray(x, jnp.int32) for x in clock.to_fixed(seconds)))
+  gp = GroupParams(decode=fx([0.01, 0.01]), prefill_fixed=fx(3e-6), prefill_per_token=fx(1.5e-6))
+  got = prefill_cost(gp, jnp.int32(7))                      # 3 + 7 * 1.5 = 13.5 us
+  assert (int(got.us), int(got.frac)) == (13, 500_000_000)
   rng = np.random.default_rng(0)
-  tokens = rng.integers(0, 2_000_000, 1000)
-  per_ns = rng.integers(0, 100_000, 1000)
-  exact = np.array([3 + (int(t) * int(p)) // 1000 for t, p in zip(tokens, per_ns)])
-  np.testing.assert_array_equal(clock.prefill_us(tokens, 3, per_ns), exact)
-  got = jax.jit(clock.prefill_us)(jnp.asarray(tokens, jnp.int32), jnp.int32(3),
-                                  jnp.asarray(per_ns, jnp.int32))
-  np.testing.assert_array_equal(np.asarray(got), exact)
+  tokens = rng.integers(0, 2_000_000, 200)
+  per_token_s = np.round(rng.uniform(0, 1e-4, 200), 13)
+  for t, p in zip(tokens, per_token_s):
+    gp = gp.replace(prefill_per_token=fx(p))
+    got = jax.jit(prefill_cost)(gp, jnp.int32(t))
+    want = 3 + int(t) * fractions.Fraction(repr(float(p))) * 10 ** 6
+    assert int(got.us) * clock.FRAC_ONE + int(got.frac) == want * clock.FRAC_ONE
   assert clock.seconds_to_us(0.0123456) == 12346
 
 

@@ -3,10 +3,11 @@
 Hand-computed scenarios (the arithmetic is written out in comments, times in integer
 microseconds) and properties checked over random cases from `tests.sim_cases`.
 """
+import fractions
+
 import numpy as np
 import pytest
 
-from bes import clock
 from bes.profile import profile_from_dict
 from bes.reference import simulate
 from bes.requests import Requests
@@ -171,15 +172,15 @@ def test_prefill_cost_of_multi_request_admission():
   # max_batch 4, decode 10/12/14/16 ms, prefill 2 ms + 12.5 us/token (12500 ns).
   # r0 @0 (prompt 0, 2 tokens): [0, 10000 + 2000 = 12000).
   # r1 @1000 (prompt 101), r2 @2000 (40), r3 @3000 (0) wait; at 12000 all three are
-  # admitted (b=4): prefill = 2000 + floor(141 * 12500 / 1000) = 2000 + 1762 = 3762,
-  # decode 16000 -> ends at 12000 + 19762 = 31762 (everyone's last token).
+  # admitted (b=4): prefill = 2000 + 141 * 12.5 = 3762.5 us (exact: no rounding),
+  # decode 16000 -> ends at 12000 + 19762.5 = 31762.5 (everyone's last token).
   p = _profile(_model(decode=(0.010, 0.012, 0.014, 0.016), fixed=0.002, per_token=12.5e-6))
   res = simulate(p, _requests([0, 1000, 2000, 3000], [2, 1, 1, 1], [0, 101, 40, 0]),
                  [0] * 4, _cfg())
-  assert clock.prefill_us(141, 2000, 12500) == 3762
   assert res.admit_us.tolist() == [0, 12000, 12000, 12000]
-  assert res.completion_us.tolist() == [31762] * 4
-  assert res.latency_us.tolist() == [31762, 30762, 29762, 28762]
+  assert res.completion_us.tolist() == [31762.5] * 4
+  assert res.latency_us.tolist() == [31762.5, 30762.5, 29762.5, 28762.5]
+  assert res.completion_ticks[0] == 31762.5 * res.ticks_per_us
 
 
 def test_completion_at_an_arrival_belongs_to_previous_step():
@@ -243,14 +244,17 @@ def _cached(seed):
   return _CASES[seed]
 
 
+def _us(seconds):
+  """A profile time as written (its shortest decimal), in exact microseconds."""
+  return fractions.Fraction(repr(float(seconds))) * 10 ** 6
+
+
 def _decode_us(model):
-  return clock.seconds_to_us(np.asarray(model.decode_step_s))
+  return [_us(x) for x in model.decode_step_s]
 
 
 def _prefill_us(model, tokens):
-  fixed_us = int(clock.seconds_to_us(model.prefill_s_fixed))
-  per_token_ns = int(clock.seconds_to_ns(model.prefill_s_per_token))
-  return clock.prefill_us(np.int64(tokens), fixed_us, per_token_ns)
+  return _us(model.prefill_s_fixed) + int(tokens) * _us(model.prefill_s_per_token)
 
 
 def _loads_at(res, i, m, num_instances):
@@ -277,7 +281,8 @@ def test_outcomes_rewards_and_utilities(seed):
   # Exactly one outcome: rejected (no times) xor completed after arriving.
   for f in ("latency_us", "completion_us", "admit_us", "first_token_us"):
     assert np.all(getattr(res, f)[res.rejected] == -1), f
-  assert np.all(res.completion_us[done] == arrival[done] + res.latency_us[done])
+  np.testing.assert_allclose(res.completion_us[done], arrival[done] + res.latency_us[done],
+                             rtol=0, atol=1e-6)
   assert np.all(arrival[done] <= res.admit_us[done])
   assert np.all(res.admit_us[done] < res.first_token_us[done])
   assert np.all(res.first_token_us[done] <= res.completion_us[done])
@@ -298,7 +303,8 @@ def test_outcomes_rewards_and_utilities(seed):
   else:
     lateness = (res.latency_us[late] - budget[late]).astype(np.float32)
     frac = np.float32(1) - lateness / np.float32(cfg.soft_window_us)
-    np.testing.assert_array_equal(res.utility[late], q[late] * np.maximum(np.float32(0), frac))
+    np.testing.assert_allclose(res.utility[late], q[late] * np.maximum(np.float32(0), frac),
+                               rtol=1e-6, atol=1e-7)
     assert np.all((res.utility[late] >= 0) & (res.utility[late] <= q[late]))
   # Step rewards: a rejection at its own step, a completion at the last step before it.
   assert res.step_reward.dtype == np.float64
@@ -335,14 +341,15 @@ def test_fifo_batch_limit_and_service_time_bounds(seed):
       for t in np.unique(res.admit_us[idx]):
         running = (res.admit_us[idx] <= t) & (res.completion_us[idx] > t)
         assert running.sum() <= model.max_batch
+      eps = 1e-6
       for i in idx:
         own_prefill = _prefill_us(model, prompt[i])
-        assert res.first_token_us[i] - res.admit_us[i] >= decode.min() + own_prefill
-        assert res.latency_us[i] >= out_len[i] * decode.min() + own_prefill
+        assert res.first_token_us[i] - res.admit_us[i] >= float(min(decode) + own_prefill) - eps
+        assert res.latency_us[i] >= float(out_len[i] * min(decode) + own_prefill) - eps
         # Alone on an idle instance until it completes: exactly its own service time.
         if _served_alone(res, i, idx):
           assert res.admit_us[i] == res.arrival_us[i]
-          assert res.latency_us[i] == out_len[i] * decode[0] + own_prefill
+          assert res.latency_us[i] == float(out_len[i] * decode[0] + own_prefill)
 
 
 @pytest.mark.parametrize("seed", SEEDS[::5])
