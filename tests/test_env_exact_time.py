@@ -76,14 +76,14 @@ def test_hour_long_saturated_trace_on_the_default_profile():
   from bes.workloads import default_workload_config, sample, workload_from_config
   profile = default_profile()
   cfg = default_workload_config()
-  cfg.rate = 30.0
+  cfg.rate = 40.0
   requests = jax.device_get(sample(workload_from_config(cfg, profile.tasks),
-                                   jax.random.PRNGKey(3), 108_000))
+                                   jax.random.PRNGKey(3), 150_000))
   arrival = np.cumsum(np.asarray(requests.gap_us, np.int64))
   keep = int(np.searchsorted(arrival, 3_600_000_000))
   requests = jax.tree_util.tree_map(lambda x: np.asarray(x)[:keep], requests)
   actions = np.random.default_rng(0).integers(0, len(profile.models), keep)
-  config = ServingConfig(deadline_s=2.0, deadline_per_token_s=0.03, queue_capacity=64)
+  config = ServingConfig(deadline_s=2.0, deadline_per_token_s=0.03, queue_capacity=8)
   out, rewards, ref, _ = _run_both(profile, requests, actions, config, chunk=20_000)
   assert arrival[keep - 1] > 3_500_000_000 and ref.rejected.any()
   _assert_same(out, rewards, ref, "hour")
