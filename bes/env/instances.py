@@ -140,7 +140,7 @@ def remaining_us(gs: GroupState, now: jnp.ndarray) -> jnp.ndarray:
 def timing_us(gp: GroupParams) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
   """A model's latency as float32 microseconds, for predictions (not for simulating):
   (decode [B + 1], index 0 unused; prefill fixed, scalar; prefill per prompt token, scalar)."""
-  return (clock.to_f32(gp.decode), clock.to_f32(gp.prefill_fixed),
+  return (clock.to_f32(gp.decode).at[..., 0].set(0.0), clock.to_f32(gp.prefill_fixed),
           clock.to_f32(gp.prefill_per_token))
 
 
