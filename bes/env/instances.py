@@ -17,7 +17,7 @@ while they lie within 2^31 us (35.8 min) of each other. What keeps every differe
 range, however long an episode or a request lasts:
   * one pass moves an instance's clock by less than 2^29 us (closed-form skips stop after
     `clock.MAX_PASS_US`, and one iteration lasts at most `clock.MAX_ITERATION_US`);
-  * after each pass, entries are rebased against the instance's new iteration end: an
+  * in each pass, entries are rebased against the iteration end it processes: an
     arrival more than `clock.EPOCH_US` behind moves forward one epoch (counted in the
     entry's `epochs`, so latency = epochs * EPOCH_US + end - arrival, exactly); a deadline
     more than `clock.LATE_CLAMP_US` behind is clamped there (the request is late and its
@@ -194,8 +194,9 @@ def _run_end(start: clock.Fixed, decode: clock.Fixed, until, drain, max_skip):
 
 
 def _rebase(entries: dict, end_us: jnp.ndarray) -> dict:
-  """Keeps every entry time within range of its instance's clock (`end_us` [I, 1]): see the
-  module docstring. Changes no outcome."""
+  """Keeps every entry time within range of its instance's clock (`end_us` [I, 1], the end
+  this pass processed; the pass then moves the clock by less than 2^29 us): see the module
+  docstring. Changes no outcome."""
   e = dict(entries)
   behind = end_us - e["deadline"]
   e["deadline"] = jnp.where(behind > clock.LATE_CLAMP_US, end_us - clock.LATE_CLAMP_US,
@@ -257,7 +258,7 @@ def advance_pass(gs: GroupState, gp: GroupParams, until: jnp.ndarray, drain: jnp
   skip, new_end = _run_end(start, decode, until, drain, next_done - 1)
   skip = jnp.where(~live | (batch == 0), 0, skip)
   iter_end = clock.where(live, new_end, end)
-  entries = _rebase(dict(e, finish=finish), iter_end.us[:, None])
+  entries = _rebase(dict(e, finish=finish), end.us[:, None])
   gs = gs.replace(
       entries=entries, admitted=admitted, iters=iters + skip,
       finished=gs.finished + done.sum(-1, dtype=jnp.int32), iter_end=iter_end,
