@@ -32,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from bes import policies, reference
 from bes.env import rollout as rollout_lib
 from bes.env.config import env_from_config
+from bes.router.throughput import training_throughput
 from bes.workloads import sample
 from configs import default as default_config
 
@@ -42,6 +43,8 @@ flags.DEFINE_list("max_passes", ["none", "1", "2"], "'none' = step (lockstep), k
 flags.DEFINE_integer("env_chunk", 64, "Environments vmapped together; larger counts run as a "
                      "lax.map over chunks of this size (keeps each chunk's state in cache).")
 flags.DEFINE_integer("reference_requests", 3000, "Requests through the Python reference.")
+flags.DEFINE_list("train_envs", ["256"], "Parallel environments of the router's training loop "
+                  "(one seed, the default config's DQN); empty: skip it.")
 flags.DEFINE_string("out", "results/env_benchmark", "Writes OUT.json and OUT.md.")
 FLAGS = flags.FLAGS
 
@@ -119,12 +122,20 @@ def main(argv):
             f"(compile+first {row['compile_plus_first_run_s']:.1f} s)", flush=True)
   ref = bench_reference(profile, serving, params.workload, FLAGS.reference_requests)
   print(f"python reference: {ref['request_steps_per_s']:,.0f} request-steps/s")
+  training = []
+  for n in map(int, FLAGS.train_envs):
+    # The router's training loop (env calls, replay, gradient updates), as the router
+    # benchmark measures it: it bounds how much experience the router learns from.
+    row = training_throughput(config, n, 1, 500, FLAGS.repeats, profile)
+    training.append(row)
+    print(f"training loop, {n} envs: {row['decisions_per_s']:,.0f} decisions/s, "
+          f"{row['updates_per_s']:,.0f} updates/s", flush=True)
   best = max(rows, key=lambda r: r["request_steps_per_s"])
   result = dict(
       command="python " + " ".join(sys.argv), date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
       jax=jax.__version__, devices=[str(d) for d in jax.devices()], cpu_count=os.cpu_count(),
       machine=platform.machine(), profile=profile.name, workload=config.workload.to_dict(),
-      episode_len=env.episode_len, steps=FLAGS.steps, rows=rows, reference=ref,
+      episode_len=env.episode_len, steps=FLAGS.steps, rows=rows, reference=ref, training=training,
       best_ratio_vs_reference=best["request_steps_per_s"] / ref["request_steps_per_s"])
   os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
   with open(FLAGS.out + ".json", "w") as f:
@@ -144,6 +155,11 @@ def main(argv):
     f.write(f"\nPlain-Python reference, same workload, {ref['requests']} requests: "
             f"{ref['request_steps_per_s']:,.0f} request-steps/s. Best jitted / reference: "
             f"{result['best_ratio_vs_reference']:.0f}x.\n")
+    for r in training:
+      f.write(f"\nRouter training loop (`dqn.make_train`'s chunk: epsilon-greedy env calls with "
+              f"`step_async`, replay, Double-DQN updates), {r['num_envs']} environments, 1 seed: "
+              f"**{r['decisions_per_s']:,.0f} decisions/s**, {r['updates_per_s']:,.0f} "
+              f"updates/s, {r['env_calls_per_s']:,.0f} env calls/s (median of {FLAGS.repeats}).\n")
   print(f"wrote {FLAGS.out}.json and .md")
 
 

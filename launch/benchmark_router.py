@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import platform
 import subprocess
@@ -39,6 +38,8 @@ import numpy as np  # noqa: E402
 from bes import cli_errors, config_cli
 from bes.router import dqn, train_lib  # noqa: E402
 from bes.router.policy import LearnedPolicy  # noqa: E402
+from bes.router.throughput import load_avg as _load  # noqa: E402
+from bes.router.throughput import training_throughput as _throughput  # noqa: E402
 
 PARTS = ("throughput", "convergence", "latency")
 _CONFIG = config_cli.define_config_flag("Config file.")
@@ -74,44 +75,6 @@ def _git() -> dict:
   git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=root).stdout
   return dict(commit=git("rev-parse", "HEAD").strip(),
               uncommitted=git("status", "--porcelain", "bes", "configs", "launch").split("\n")[:-1])
-
-
-def _load() -> list[float]:
-  """1-, 5- and 15-minute load averages (runnable processes; this machine has 2 cores)."""
-  return [round(x, 2) for x in os.getloadavg()]
-
-
-# ------------------------------------------------------------------------------ throughput
-def _throughput(config, num_envs: int, num_seeds: int, chunk_iterations: int, repeats: int,
-                profile) -> dict:
-  """One throughput row: compile seconds and median env calls/s, decisions/s, updates/s."""
-  cfg = _with(config, {"dqn.num_envs": num_envs, "num_seeds": num_seeds,
-                       "train.chunk_iterations": chunk_iterations})
-  _, env, params, batched, eval_env, eval_params = train_lib.build_envs(cfg, profile)
-  trainer = dqn.make_train(cfg, env, params, eval_env, eval_params, params_batched=batched)
-  ls = jax.block_until_ready(jax.jit(jax.vmap(trainer.init))(train_lib.seed_keys(cfg)))
-  start = time.perf_counter()
-  chunk = jax.jit(jax.vmap(trainer.chunk), donate_argnums=0).lower(ls).compile()
-  compile_s = time.perf_counter() - start
-  warmup = max(1, math.ceil(int(cfg.dqn.learning_starts) / chunk_iterations))
-  for _ in range(warmup):                        # past learning_starts: every iteration learns
-    ls, _ = jax.block_until_ready(chunk(ls))
-  seconds, decisions, updates = [], [], []
-  for _ in range(repeats):
-    before = int(np.asarray(ls.updates).sum())
-    start = time.perf_counter()
-    ls, stats = jax.block_until_ready(chunk(ls))
-    seconds.append(time.perf_counter() - start)
-    decisions.append(int(np.asarray(stats.decisions).sum()))
-    updates.append(int(np.asarray(ls.updates).sum()) - before)
-  calls = num_envs * num_seeds * chunk_iterations
-  rate = lambda counts: float(np.median(np.asarray(counts) / np.asarray(seconds)))
-  return dict(num_envs=num_envs, num_seeds=num_seeds, chunk_iterations=chunk_iterations,
-              warmup_chunks=warmup, compile_s=compile_s, chunk_s=seconds,
-              median_chunk_s=float(np.median(seconds)), env_calls_per_chunk=calls,
-              decisions_per_chunk=decisions, updates_per_chunk=updates,
-              env_calls_per_s=rate([calls] * repeats), decisions_per_s=rate(decisions),
-              updates_per_s=rate(updates), load_avg=_load())
 
 
 # ------------------------------------------------------------------------------ convergence
