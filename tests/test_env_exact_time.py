@@ -12,6 +12,7 @@ from bes.env.serving_env import make_env
 from bes.profile import default_profile, profile_from_dict
 from bes.requests import Requests
 from bes.serving_config import ServingConfig
+from tests import env_testing
 
 
 def _profile(decode, fixed=0.0, per_token=0.0, instances=1, quality=0.5):
@@ -33,9 +34,9 @@ def _requests(arrival_us, output_len, prompt_len=None, task=None):
 def _run_both(profile, requests, actions, config, chunk=None):
   """(env outcomes dict, env step rewards, reference result) on the same requests."""
   n = len(np.asarray(requests.gap_us))
-  env, params = make_env(profile, config, rollout_lib.replay(requests, len(profile.tasks)),
+  env, params = make_env(profile, config, env_testing.replay(requests, len(profile.tasks)),
                          episode_len=n, record=True)
-  out, rewards = rollout_lib.run_episode(env, params, rollout_lib.action_table(actions),
+  out, rewards = rollout_lib.run_episode(env, params, env_testing.action_table(actions),
                                          jax.random.PRNGKey(0), chunk=chunk)
   return out, rewards, reference.simulate(profile, requests, actions, config), env
 
@@ -164,4 +165,4 @@ def test_make_env_refuses_what_the_clock_cannot_hold(change, match):
   profile = _profile(decode=change.pop("decode", (0.01,)))
   config = ServingConfig(**change)
   with pytest.raises(ValueError, match=match):
-    make_env(profile, config, rollout_lib.replay(_requests([0], [1]), 1), episode_len=1)
+    make_env(profile, config, env_testing.replay(_requests([0], [1]), 1), episode_len=1)
