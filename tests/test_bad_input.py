@@ -18,6 +18,7 @@ from bes import cli_errors, io_util, metrics, quality
 from bes import profile as profile_lib
 from bes import workloads as W
 from bes.models import checkpoint as model_checkpoint
+from bes.models import scoring
 from bes.profile import default_profile
 from bes.router import checkpoint, eval_lib
 
@@ -219,6 +220,8 @@ def test_non_utf8_inputs_name_the_file_and_line(tmp_path):
        None, 2, "quality table "),
       (model_checkpoint.load_config, str(tmp_path / "hf"), str(tmp_path / "hf" / "config.json"),
        1, ""),
+      (scoring.load_task, _latin1(tmp_path / "task.jsonl", '{"context": "\xe9"}\n'), None, 1,
+       "task file "),
   ]
   for load, arg, named, line, what in cases:
     with pytest.raises(ValueError) as e:

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bes import io_util
 from bes import quality as quality_lib
 from bes.models import engine as engine_lib
 from bes.models.opt_config import OPTConfig, opt_config
@@ -130,8 +131,10 @@ def load_custom_configs(path: str | None) -> dict[str, OPTConfig]:
   if path is None:
     return {}
   try:
-    with open(path) as f:
+    with open(path, encoding="utf-8-sig") as f:
       d = json.load(f)
+  except UnicodeDecodeError:
+    raise ValueError(io_util.not_utf8_message(path, "--config_json ")) from None
   except (OSError, json.JSONDecodeError) as e:
     raise ValueError(f"--config_json {path!r}: cannot read a JSON object: {e}") from e
   if not isinstance(d, dict):

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bes import io_util
 from bes.models import opt
 from bes.models.opt_config import OPTConfig
 
@@ -167,8 +168,10 @@ def parse_example(line: str, where: str) -> dict:
 def load_task(path: str, limit: int | None = None) -> list[dict]:
   """The examples of a JSONL task file (blank lines skipped)."""
   try:
-    with open(path) as f:
+    with open(path, encoding="utf-8-sig") as f:
       lines = f.readlines()
+  except UnicodeDecodeError:
+    raise ValueError(io_util.not_utf8_message(path, "task file ")) from None
   except OSError as e:
     raise ValueError(f"task file {path!r}: cannot read: {e}") from e
   examples = [parse_example(line, f"{path}:{i + 1}") for i, line in enumerate(lines)
