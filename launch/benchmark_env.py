@@ -1,14 +1,18 @@
 r"""Environment throughput: request-steps per second of the jitted, vmapped simulator.
 
 Measures, on the default profile and config workload with a uniformly random router:
-  * environments run `vmap`ped in chunks of `--env_chunk` (a `lax.map` over chunks, so each
-    chunk's state stays in cache), chunks spread over the JAX devices with `shard_map`;
+  * environments run `vmap`ped in chunks of each `--env_chunk` size (a `lax.map` over
+    chunks, so each chunk's state stays in cache), chunks spread over the JAX devices with
+    `shard_map`;
   * `step` (every environment runs to its next arrival, in lockstep under vmap) and
     `step_async` (at most `--max_passes` event passes per model group per call; each
     environment on its own clock) for 1, 64, 1024 and 4096 parallel environments;
   * compile time (first call) and steady-state throughput (best of `--repeats`);
   * the same requests and actions through the plain-Python reference (`bes.reference`),
-    reported as the ratio of the two throughputs.
+    reported as the ratio of the two throughputs;
+  * the router's training loop (`bes.router.throughput`: env calls, replay, Double-DQN
+    updates) for `--train_envs` environments: decisions/s, since it bounds how much
+    experience the router learns from.
 With several JAX devices (e.g. `XLA_FLAGS=--xla_force_host_platform_device_count=2` on a
 2-core CPU), environments are sharded over a 1-D device mesh ('envs' axis).
 
@@ -40,8 +44,8 @@ flags.DEFINE_list("num_envs", ["1", "64", "1024", "4096"], "Parallel environment
 flags.DEFINE_integer("steps", 256, "Calls per measured run (per environment).")
 flags.DEFINE_integer("repeats", 3, "Measured runs; the best is reported.")
 flags.DEFINE_list("max_passes", ["none", "1", "2"], "'none' = step (lockstep), k = step_async.")
-flags.DEFINE_integer("env_chunk", 64, "Environments vmapped together; larger counts run as a "
-                     "lax.map over chunks of this size (keeps each chunk's state in cache).")
+flags.DEFINE_list("env_chunk", ["64", "256"], "Environments vmapped together; larger counts "
+                  "run as a lax.map over chunks of this size (each size is a row).")
 flags.DEFINE_integer("reference_requests", 3000, "Requests through the Python reference.")
 flags.DEFINE_list("train_envs", ["256"], "Parallel environments of the router's training loop "
                   "(one seed, the default config's DQN); empty: skip it.")
@@ -53,14 +57,14 @@ def _config():
   return default_config.get_config()
 
 
-def make_runner(env, params, policy, steps, max_passes, num_envs):
+def make_runner(env, params, policy, steps, max_passes, num_envs, chunk):
   """jit(lax.map over chunks of vmap(rollout)), sharded over devices with shard_map;
   returns decisions and summed reward per environment."""
   def run(key):
     _, traj = rollout_lib.rollout(env, params, policy, key, steps, max_passes)
     return traj["decided"].sum(dtype=jnp.int32), traj["reward"].sum()
 
-  chunk = min(FLAGS.env_chunk, num_envs) if FLAGS.env_chunk > 0 else num_envs
+  chunk = min(chunk, num_envs) if chunk > 0 else num_envs
   batched = lambda keys: jax.lax.map(run, keys, batch_size=chunk)
   devices = jax.devices()
   if len(devices) > 1 and num_envs % len(devices) == 0:
@@ -72,8 +76,8 @@ def make_runner(env, params, policy, steps, max_passes, num_envs):
   return jax.jit(batched), None
 
 
-def bench_env(env, params, policy, num_envs, max_passes):
-  runner, shard = make_runner(env, params, policy, FLAGS.steps, max_passes, num_envs)
+def bench_env(env, params, policy, num_envs, max_passes, chunk):
+  runner, shard = make_runner(env, params, policy, FLAGS.steps, max_passes, num_envs, chunk)
   keys = jax.random.split(jax.random.PRNGKey(0), num_envs)
   if shard is not None:
     keys = jax.device_put(keys, shard)
@@ -90,7 +94,8 @@ def bench_env(env, params, policy, num_envs, max_passes):
     elapsed = time.perf_counter() - start
     best = min(best, elapsed)
     decisions = int(np.asarray(decided).sum())
-  return dict(num_envs=num_envs, max_passes=max_passes, compile_plus_first_run_s=compile_s,
+  return dict(num_envs=num_envs, max_passes=max_passes, env_chunk=min(chunk, num_envs),
+              compile_plus_first_run_s=compile_s,
               run_s=best, decisions=decisions, calls=num_envs * FLAGS.steps,
               request_steps_per_s=decisions / best)
 
@@ -114,12 +119,13 @@ def main(argv):
   policy = policies.uniform_random(len(profile.tasks), len(profile.models))
   rows = []
   for n in map(int, FLAGS.num_envs):
-    for mp in FLAGS.max_passes:
-      max_passes = None if mp == "none" else int(mp)
-      row = bench_env(env, params, policy, n, max_passes)
-      rows.append(row)
-      print(f"envs={n:5d} passes={mp:>4}: {row['request_steps_per_s']:12,.0f} request-steps/s "
-            f"(compile+first {row['compile_plus_first_run_s']:.1f} s)", flush=True)
+    for chunk in sorted({min(int(c), n) for c in FLAGS.env_chunk}):
+      for mp in FLAGS.max_passes:
+        max_passes = None if mp == "none" else int(mp)
+        row = bench_env(env, params, policy, n, max_passes, chunk)
+        rows.append(row)
+        print(f"envs={n:5d} chunk={chunk:4d} passes={mp:>4}: {row['request_steps_per_s']:12,.0f} "
+              f"request-steps/s (compile+first {row['compile_plus_first_run_s']:.1f} s)", flush=True)
   ref = bench_reference(profile, serving, params.workload, FLAGS.reference_requests)
   print(f"python reference: {ref['request_steps_per_s']:,.0f} request-steps/s")
   training = []
@@ -147,10 +153,11 @@ def main(argv):
             f"{os.cpu_count()} CPU cores. Profile `{profile.name}`, workload "
             f"{config.workload.kind} at {config.workload.rate} req/s, uniformly random router, "
             f"{FLAGS.steps} calls per environment, best of {FLAGS.repeats}.\n\n"
-            "| envs | mode | request-steps/s | compile + first run (s) |\n|---:|---|---:|---:|\n")
+            "| envs | chunk | mode | request-steps/s | compile + first run (s) |\n"
+            "|---:|---:|---|---:|---:|\n")
     for r in rows:
       mode = "step (lockstep)" if r["max_passes"] is None else f"step_async, {r['max_passes']} pass(es)"
-      f.write(f"| {r['num_envs']} | {mode} | {r['request_steps_per_s']:,.0f} | "
+      f.write(f"| {r['num_envs']} | {r['env_chunk']} | {mode} | {r['request_steps_per_s']:,.0f} | "
               f"{r['compile_plus_first_run_s']:.1f} |\n")
     f.write(f"\nPlain-Python reference, same workload, {ref['requests']} requests: "
             f"{ref['request_steps_per_s']:,.0f} request-steps/s. Best jitted / reference: "
