@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from bes import policies as policies_lib
 from bes.env import observation
 from bes.env import rollout as rollout_lib
 from bes.env.serving_env import EnvParams, ServingEnv
@@ -201,26 +202,19 @@ def mean_lengths(workload, key: jax.Array, n: int = 8192) -> tuple[float, float]
 
 
 # --------------------------------------------------------------------------------- evaluation
-def stack(policies: Sequence) -> object:
-  """Policies of one class stacked along a new leading axis (for `vmap`)."""
-  return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *policies)
-
-
 def evaluate(env: ServingEnv, params: EnvParams, policies, keys: jax.Array,
              num_steps: int) -> jnp.ndarray:
   """Mean per-request reward of each of a stack of policies (leading axis C) on each of
-  `keys` [K, 2], float32 [C, K]: one jitted call of `rollout` with one decision per step
-  (`max_passes=None`) for `num_steps` steps. With `num_steps` a multiple of
-  `env.episode_len` every request's outcome is counted (episodes end by draining)."""
+  `keys` [K, 2], float32 [C, K]: one jitted call of `rollout_lib.rollouts` (one decision per
+  step) for `num_steps` steps each."""
   return _evaluate(env, params, policies, keys, int(num_steps))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def _evaluate(env, params, policies, keys, num_steps):
-  def one(policy, key):
-    _, trajectory = rollout_lib.rollout(env, params, policy, key, num_steps, max_passes=None)
-    return trajectory["reward"].sum() / num_steps
-  return jax.vmap(lambda p: jax.vmap(lambda k: one(p, k))(keys))(policies)
+  def one(policy):
+    return rollout_lib.rollouts(env, params, policy, keys, num_steps)["reward"].sum(-1) / num_steps
+  return jax.vmap(one)(policies)
 
 
 def _grid_search(name: str, env, params, key, candidates: list[dict], build, num_steps, num_keys):
@@ -235,7 +229,7 @@ def _grid_search(name: str, env, params, key, candidates: list[dict], build, num
                      f"{num_steps} and {num_keys}")
   policies = [build(**c) for c in candidates]
   keys = jax.random.split(key, int(num_keys))
-  scores = np.asarray(evaluate(env, params, stack(policies), keys, num_steps))
+  scores = np.asarray(evaluate(env, params, policies_lib.stack(policies), keys, num_steps))
   mean = scores.mean(axis=1)
   best = int(np.argmax(mean))
   report = dict(name=name, knobs=candidates[best], best_index=best, score=float(mean[best]),

@@ -69,9 +69,10 @@ def uniform_random(num_tasks: int, num_models: int) -> FixedPolicy:
   return _fixed(RANDOM, [0] * num_tasks, num_tasks, num_models)
 
 
-def stack(policies: Sequence[FixedPolicy]) -> FixedPolicy:
-  """Stacks policies of one kind of pytree along a new leading axis (for `vmap`)."""
-  return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *policies)
+def stack(trees: Sequence):
+  """Pytrees of one structure (policies of one class, workloads of one kind) stacked along a
+  new leading axis (for `vmap`)."""
+  return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *trees)
 
 
 def parse_policy(spec: str, num_models: int, num_tasks: int,

@@ -35,8 +35,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from bes import policies, reference
 from bes.env import rollout as rollout_lib
-from bes.env.config import env_from_config
-from bes.router.throughput import training_throughput
+from bes.experiment import Setup
+from bes.experiment.throughput import training_throughput
 from bes.workloads import sample
 from configs import default as default_config
 
@@ -113,9 +113,9 @@ def bench_reference(profile, serving, workload, n):
 def main(argv):
   del argv
   config = _config()
-  env, params, profile = env_from_config(config)
-  from bes.env.config import serving_config_from
-  serving = serving_config_from(config.env, len(profile.tasks))
+  setup = Setup.from_config(config)
+  env, params = setup.env()
+  profile, serving = setup.profile, setup.serving
   policy = policies.uniform_random(len(profile.tasks), len(profile.models))
   rows = []
   for n in map(int, FLAGS.num_envs):

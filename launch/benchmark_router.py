@@ -1,7 +1,7 @@
 r"""Learned-router benchmarks: training throughput, time to a trained router, decision latency.
 
 Parts (`--parts`), timed after compilation with `jax.block_until_ready`:
-  throughput   `jit(vmap(trainer.chunk))` as `bes.router.train_lib` runs it, per `--num_envs` x
+  throughput   `jit(vmap(trainer.chunk))` as `bes.experiment.train` runs it, per `--num_envs` x
                `--num_seeds`: env calls/s, routing decisions/s and gradient updates/s (all seeds
                together), median of `--repeats` chunks timed past `learning_starts`; compile s.
   convergence  `train_lib.train(config, tmpdir)` per `--convergence_seeds`: the first second at
@@ -36,10 +36,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bes import cli_errors, config_cli
-from bes.router import dqn, train_lib  # noqa: E402
+from bes.experiment import Setup, train as train_lib  # noqa: E402
 from bes.router.policy import LearnedPolicy  # noqa: E402
-from bes.router.throughput import load_avg as _load  # noqa: E402
-from bes.router.throughput import training_throughput as _throughput  # noqa: E402
+from bes.experiment.throughput import load_avg as _load  # noqa: E402
+from bes.experiment.throughput import training_throughput as _throughput  # noqa: E402
 
 PARTS = ("throughput", "convergence", "latency")
 _CONFIG = config_cli.define_config_flag("Config file.")
@@ -107,7 +107,7 @@ def _convergence(config, num_seeds: int) -> dict:
         host_seconds.append(time.perf_counter() - start)
       print(f"  [seeds={num_seeds}] {message}", flush=True)
 
-    train_lib.train(cfg, workdir, log=log)
+    train_lib.train(Setup.from_config(cfg), workdir, log=log)
     total_s = time.perf_counter() - start
     with open(os.path.join(workdir, "metrics.csv")) as f:
       rows = list(csv.DictReader(f))
@@ -160,11 +160,10 @@ def _latency(config, calls: int, batch: int, profile) -> list[dict]:
   holding a trained policy would call it) and closed over (constants folded into the
   program), for one observation [D] and for a batch [batch, D], under this process's CPU
   dispatch mode (`jax_cpu_enable_async_dispatch`)."""
-  _, env, params, batched, eval_env, eval_params = train_lib.build_envs(config, profile)
-  trainer = dqn.make_train(config, env, params, eval_env, eval_params, params_batched=batched)
+  trainer, envs = train_lib.make_trainer(Setup.from_config(config, profile))
   # The network over the environment's own observation: the 'queues' features come from
   # the serving state, which synthetic observations do not have.
-  network = trainer.network.clone(layout=env.layout)
+  network = trainer.network.clone(layout=envs.env.layout)
   obs = _observations(network.layout, float(config.dqn.rate_scale), batch, jax.random.PRNGKey(1))
   net_params = network.init(jax.random.PRNGKey(0), obs[:1])
   policy = LearnedPolicy(params=net_params, network=network)
@@ -306,8 +305,8 @@ def run(config, parts) -> dict:
                       ("latency_batch", _BATCH.value)):
     if value < 1:
       raise ValueError(f"--{flag}: expected an integer >= 1, got {value}")
-  profile, env, params, batched, eval_env, eval_params = train_lib.build_envs(config)
-  dqn.make_train(config, env, params, eval_env, eval_params, batched)   # validates the config
+  setup = Setup.from_config(config)                 # validates the config
+  profile = setup.profile
   result = dict(command="python " + " ".join(sys.argv), date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                 jax=jax.__version__, devices=[str(d) for d in jax.devices()],
                 cpu_count=os.cpu_count(), machine=platform.machine(), load_avg_start=_load(),

@@ -19,8 +19,8 @@ import sys
 
 from absl import app, flags, logging
 
-from bes import cli_errors, config_cli, evaluation, io_util, progress
-from bes.router import eval_lib
+from bes import cli_errors, config_cli, io_util, progress
+from bes.experiment import evaluate, report, workdir
 
 _CONFIG = config_cli.define_config_flag(
     "Only its --config.KEY=VALUE overrides are used: they replace keys of the workdir's saved "
@@ -33,8 +33,8 @@ _NUM_REQUESTS = flags.DEFINE_integer("num_requests", None, "Requests (default: "
                                      "config.simulate.num_requests; a trace: all of it, or "
                                      "its first N).")
 _SEED = flags.DEFINE_integer("seed", None, "Evaluation seed (workload draws).")
-_BASELINES = flags.DEFINE_list("baselines", list(evaluation.BASELINES),
-                               f"Fixed baselines, some of {list(evaluation.BASELINES)}.")
+_BASELINES = flags.DEFINE_list("baselines", list(evaluate.BASELINES),
+                               f"Fixed baselines, some of {list(evaluate.BASELINES)}.")
 _DEPLOYMENTS = flags.DEFINE_string("deployments", "", "Static single-model deployments, "
                                    "MODEL:GPUS,... e.g. 'opt-6.7b:4,opt-6.7b:8'.")
 
@@ -47,12 +47,13 @@ def main(argv):
   try:
     io_util.check_writable_dir(_OUT.value, "--out")   # before evaluating, not after
     with progress.heartbeat(print) as log:   # a line at least every 10 s while compiling
-      result = eval_lib.evaluate_workdir(
-          _WORKDIR.value, _OUT.value, overrides, num_requests=_NUM_REQUESTS.value,
-          seed=_SEED.value, baselines=_BASELINES.value, deployments=_DEPLOYMENTS.value, log=log)
+      result = workdir.evaluate_workdir(
+          _WORKDIR.value, overrides, num_requests=_NUM_REQUESTS.value, seed=_SEED.value,
+          baselines=_BASELINES.value, deployments=_DEPLOYMENTS.value, log=log)
+    text, _ = report.write(_OUT.value, result, f"python {' '.join(sys.argv)}")
   except ValueError as e:
     sys.exit(f"evaluate.py: error: {e}")
-  print("\n" + eval_lib.write_report(result, _OUT.value, f"python {' '.join(sys.argv)}"))
+  print("\n" + text)
 
 
 if __name__ == "__main__":

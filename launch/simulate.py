@@ -1,7 +1,8 @@
 r"""Runs fixed routing policies over a workload or trace through the jitted environment.
 
 For each policy, every request of the workload goes through the same jitted code path the
-router trains in (`bes.env.serving_env`), with per-request outcomes recorded. Writes, per
+router trains in (`bes.env.serving_env`), with per-request outcomes recorded
+(`bes.experiment.evaluate.simulate`, written by `bes.experiment.report`). Writes, per
 policy, `outcomes.csv` (id,arrival,task,model,instance,latency,on_time,rejected,utility; one
 row per request in arrival order; latency `inf` when rejected) and `metrics.json`; with one
 policy they go straight into --out, with several into --out/<policy>/, plus a comparison
@@ -15,21 +16,12 @@ policy they go straight into --out, with several into --out/<policy>/, plus a co
 """
 from __future__ import annotations
 
-import json
-import os
-import re
 import sys
-import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
-import jax
-
-from bes import cli_errors, config_cli, io_util, metrics, policies
-from bes.evaluation import format_table
-from bes.env import config as env_config
-from bes.env import rollout as rollout_lib
-from bes.workloads import workload_from_config
+from bes import cli_errors, config_cli, io_util, progress
+from bes.experiment import Setup, evaluate, report
 
 _CONFIG = config_cli.define_config_flag("Config file.")
 _PROFILE = flags.DEFINE_string("profile", None, "Profile JSON (default: config.profile).")
@@ -47,10 +39,6 @@ _QUEUE_CAPACITY = flags.DEFINE_integer("queue_capacity", None, "Waiting slots pe
 _SEED = flags.DEFINE_integer("seed", None, "Random seed (workload draws, random policy).")
 _OUT = flags.DEFINE_string("out", "runs/simulate", "Output directory.")
 
-OUTCOME_COLUMNS = ("id", "arrival", "task", "model", "instance", "latency", "on_time",
-                   "rejected", "utility")
-
-
 def flag_overrides() -> dict:
   """The config keys set by this launcher's own flags given on the command line."""
   given = {"profile": _PROFILE.value, "env.deadline_s": _DEADLINE_S.value,  # a string, parsed
@@ -63,77 +51,19 @@ def flag_overrides() -> dict:
   return out
 
 
-def num_requests(config, workload) -> int:
-  """A trace is replayed whole; generated workloads draw config.simulate.num_requests."""
-  if config.workload.kind == "trace":
-    return int(workload.requests.gap_us.shape[0])
-  n = int(config.simulate.num_requests)
-  if n < 1:
-    raise ValueError(f"--num_requests / config.simulate.num_requests must be >= 1, got {n}")
-  return n
-
-
-def outcomes_csv(outcomes: dict) -> str:
-  """One row per request in arrival order; latency in seconds (`inf` when rejected)."""
-  o = outcomes
-  rows = [",".join(OUTCOME_COLUMNS) + "\n"]
-  for i in range(len(o["arrival"])):
-    rows.append(f"{i},{o['arrival'][i]:.6f},{o['task'][i]},{o['model'][i]},{o['instance'][i]},"
-                f"{o['latency'][i]:.6f},{int(o['on_time'][i])},{int(o['rejected'][i])},"
-                f"{o['utility'][i]:.6f}\n")
-  return "".join(rows)
-
-
-def slug(spec: str) -> str:
-  return re.sub(r"[^A-Za-z0-9._-]+", "_", spec)
-
-
 def main(argv):
   del argv
   try:
-    run(config_cli.apply_overrides(_CONFIG.value, flag_overrides()))
+    config = config_cli.apply_overrides(_CONFIG.value, flag_overrides())
+    io_util.check_writable_dir(_OUT.value, "--out")   # before simulating, not after
+    setup = Setup.from_config(config)
+    with progress.heartbeat(print) as log:   # a line at least every 10 s while compiling
+      result, outcomes = evaluate.simulate(setup, _POLICY.value or (), log=log)
+    text, written = report.write(_OUT.value, result, f"python {' '.join(sys.argv)}", outcomes)
   except ValueError as e:
     sys.exit(f"simulate.py: error: {e}")
-
-
-def run(config):
-  io_util.check_writable_dir(_OUT.value, "--out")   # before simulating, not after
-  specs = _POLICY.value or [s for s in config.simulate.policies.split(";") if s]
-  profile = env_config.profile_from_config(config)
-  names = [m.name for m in profile.models]
-  built = {spec: policies.parse_policy(spec, len(names), len(profile.tasks), names)
-           for spec in specs}
-  workload = workload_from_config(config.workload, profile.tasks)
-  n = num_requests(config, workload)
-  env, params, _ = env_config.env_from_config(config, episode_len=n, record=True,
-                                              profile=profile, workload=workload)
-  logging.info("profile %s (%d GPUs), workload %s, %d requests, policies %s", profile.name,
-               profile.num_gpus, config.workload.kind, n, specs)
-  results = {}
-  for spec, policy in built.items():
-    start = time.time()
-
-    def progress(done, total, spec=spec, start=start):
-      print(f"  {spec}: {done}/{total} requests ({time.time() - start:.1f} s)", flush=True)
-
-    outcomes, _ = rollout_lib.run_episode(env, params, policy, jax.random.PRNGKey(config.seed),
-                                          chunk=int(config.simulate.chunk), progress=progress)
-    summary = metrics.summarize(outcomes, profile, window_s=float(config.simulate.window_s))
-    sub = "" if len(specs) == 1 else slug(spec)   # never lost: io_util.write_text
-    io_util.write_text(_OUT.value, os.path.join(sub, "outcomes.csv"), outcomes_csv(outcomes))
-    io_util.write_text(_OUT.value, os.path.join(sub, "metrics.json"),
-                       json.dumps(dict(summary, policy=spec), indent=2))
-    results[spec] = summary
-  if len(specs) > 1:
-    io_util.write_text(_OUT.value, "metrics.json", json.dumps(
-        {"profile": profile.name, "workload": config.workload.to_dict(),
-         "env": config.env.to_dict(), "num_requests": n,
-         "peak": next(iter(results.values()))["peak"], "policies": results}, indent=2))
-  report = (f"{n} requests, peak (best model per task) = "
-            f"{next(iter(results.values()))['peak']:.4f}\n{format_table(results)}\n")
-  table = io_util.write_text(_OUT.value, "table.txt", f"$ python {' '.join(sys.argv)}\n\n{report}")
-  print("\n" + report)
-  print(f"\nwrote {os.path.dirname(table)}")
+  print("\n" + text)
+  print(f"\nwrote {written}")
 
 
 if __name__ == "__main__":

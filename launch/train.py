@@ -7,6 +7,7 @@ interrupted run: it continues from the last checkpoint and ends with the same re
 Then it tunes the hand-written heuristics on the same workload (`WORKDIR/heuristics.json`),
 evaluates everything on one request stream (`WORKDIR/eval/metrics.json`) and prints the table
 (its columns: README.md, "Reading the table"). A rerun reuses the tuned heuristics.json.
+The work is done by `bes.experiment` (train, workdir, report).
 
   python launch/train.py --workdir=runs/router
   python launch/train.py --config=configs/default.py --workdir=runs/r --config.num_seeds=3 \
@@ -22,7 +23,7 @@ import time
 from absl import app, flags, logging
 
 from bes import cli_errors, config_cli, progress
-from bes.router import eval_lib, train_lib
+from bes.experiment import Setup, report, train, workdir as workdir_lib
 
 _CONFIG = config_cli.define_config_flag("Config file to train with.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.",
@@ -35,24 +36,25 @@ _DEPLOYMENTS = flags.DEFINE_string(
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)   # orbax logs every save and restore at INFO
-  config, workdir = _CONFIG.value, _WORKDIR.value
+  workdir = _WORKDIR.value
   try:
+    setup = Setup.from_config(_CONFIG.value)
     with progress.heartbeat(print) as log:   # a line at least every 10 s while compiling
       start = time.time()
-      if train_lib.train(config, workdir, log=log):
+      if train.train(setup, workdir, log=log):
         log(f"trained in {time.time() - start:.1f} s; checkpoints in {workdir}/checkpoints")
-      tuned = os.path.join(workdir, eval_lib.HEURISTICS_FILE)
-      if config.train.tune_heuristics and os.path.exists(tuned):
+      tuned = os.path.join(workdir, workdir_lib.HEURISTICS_FILE)
+      if setup.train.tune_heuristics and os.path.exists(tuned):
         log(f"reusing the tuned heuristics of {tuned} (delete it to tune again)")
-      elif config.train.tune_heuristics:
-        eval_lib.tune_heuristics(config, workdir, log=log)
+      elif setup.train.tune_heuristics:
+        workdir_lib.tune_heuristics(setup, workdir, log=log)
       if not _EVAL.value:
         return
-      out = os.path.join(workdir, "eval")
-      result = eval_lib.evaluate_workdir(workdir, out, deployments=_DEPLOYMENTS.value, log=log)
+      result = workdir_lib.evaluate_workdir(workdir, deployments=_DEPLOYMENTS.value, log=log)
+    text, _ = report.write(os.path.join(workdir, "eval"), result, f"python {' '.join(sys.argv)}")
   except ValueError as e:
     sys.exit(f"train.py: error: {e}")
-  print("\n" + eval_lib.write_report(result, out, f"python {' '.join(sys.argv)}"))
+  print("\n" + text)
 
 
 if __name__ == "__main__":

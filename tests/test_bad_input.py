@@ -10,7 +10,6 @@ import sys
 import tempfile
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -20,7 +19,8 @@ from bes import workloads as W
 from bes.models import checkpoint as model_checkpoint
 from bes.models import scoring
 from bes.profile import default_profile
-from bes.router import checkpoint, eval_lib
+from bes.experiment import workdir as workdir_lib
+from bes.router import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,7 +35,7 @@ def _one_line(message: str) -> str:
 def _save_steps(workdir: str, steps=(1, 2)):
   """Checkpoints of a tiny 'learner state' {x: [1000], y: [3]} = step * ones."""
   mngr = checkpoint.manager(workdir, keep=5)
-  config = ml_collections.ConfigDict({"seed": 0})
+  config = {"seed": 0}                   # the saved config: a JSON object
   for s in steps:
     state = {"x": jnp.full((1000,), s, jnp.float32), "y": jnp.full((3,), s, jnp.float32)}
     checkpoint.save(mngr, s, state, config, {"seconds": float(s)}, {"w": jnp.full((4,), s)})
@@ -66,7 +66,7 @@ def test_damaged_latest_checkpoint_resumes_from_the_newest_intact_one(tmp_path, 
       checkpoint.manager(workdir, keep=5), LIKE, checked.append, warn=warnings.append)
   assert resumed.step == 1 and resumed.progress == {"seconds": 1.0}
   np.testing.assert_array_equal(resumed.state["x"], np.ones(1000, np.float32))
-  assert resumed.config.seed == 0 and len(checked) == 1 + (damage == "truncated_state")
+  assert resumed.config["seed"] == 0 and len(checked) == 1 + (damage == "truncated_state")
   assert len(warnings) == 1 and step2 in _one_line(warnings[0]) and "step 1" in warnings[0]
   assert os.path.isdir(step2 + ".corrupt") and not os.path.exists(step2)
   # Training goes on: step 2 can be written again, and is then the latest intact one.
@@ -81,7 +81,7 @@ def test_evaluation_skips_a_damaged_latest_checkpoint_and_names_it(tmp_path):
   _truncate_largest(os.path.join(workdir, "checkpoints", "2", "params"))
   warnings = []
   config, step = checkpoint.read_config(workdir, warn=warnings.append)
-  assert step == 1 and config.seed == 0
+  assert step == 1 and config["seed"] == 0
   assert len(warnings) == 1 and os.path.join(workdir, "checkpoints", "2") in warnings[0]
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "2"))  # evaluation moves nothing
 
@@ -118,10 +118,10 @@ def test_a_config_check_failure_is_not_taken_for_damage(tmp_path):
 
 @pytest.mark.parametrize("text", ["{", "[1, 2]", "\udce9"])
 def test_damaged_heuristics_file_is_named(tmp_path, text):
-  path = tmp_path / eval_lib.HEURISTICS_FILE
+  path = tmp_path / workdir_lib.HEURISTICS_FILE
   path.write_bytes(text.encode("utf-8", "surrogateescape"))
   with pytest.raises(ValueError) as e:
-    eval_lib.heuristic_policies(str(tmp_path), params=None)
+    workdir_lib.heuristic_policies(str(tmp_path), params=None)
   assert _one_line(str(e.value)).startswith(f"{path}: expected")
 
 

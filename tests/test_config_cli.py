@@ -8,7 +8,7 @@ import ml_collections
 import pytest
 
 from bes import config_cli
-from bes.router import eval_lib
+from bes.experiment import workdir as workdir_lib
 from bes.sweep_file import load_sweep
 from configs import default
 
@@ -117,10 +117,10 @@ def test_trace_overrides():
 
 def test_evaluation_config_refuses_keys_the_workdir_config_lacks():
   config = default.get_config()
-  assert eval_lib.evaluation_config(config, {"workload.rate": 40.0}).workload.rate == 40.0
+  assert workdir_lib.evaluation_config(config, {"workload.rate": 40.0}).workload.rate == 40.0
   with pytest.raises(ValueError, match=r"^--config.workload.rat: no such key in the workdir's "
                                        r"config; closest: workload.rate"):
-    eval_lib.evaluation_config(config, {"workload.rat": 40.0})
+    workdir_lib.evaluation_config(config, {"workload.rat": 40.0})
 
 
 def test_sweep_with_an_unknown_override_key_fails_at_load(tmp_path):

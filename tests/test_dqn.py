@@ -1,4 +1,5 @@
-"""The Double DQN learner (`bes.router.dqn`, `train_lib`, `checkpoint`, `policy`).
+"""The Double DQN learner (`bes.router.dqn`, `checkpoint`, `policy`) and its training loop
+(`bes.experiment.train` as `train_lib`, `bes.experiment.workdir`).
 
   * On a tiny tabular MDP with a known optimum, behind the serving environment's interface,
     the greedy policy trained by the same agent code that routes is optimal.
@@ -27,7 +28,8 @@ import numpy as np
 import pytest
 from flax import struct
 
-from bes.router import checkpoint, dqn, train_lib
+from bes.experiment import Setup, config as config_lib, train as train_lib, workdir as workdir_lib
+from bes.router import checkpoint, dqn
 from bes.router.policy import LearnedPolicy
 from configs import default as default_config
 
@@ -110,6 +112,12 @@ CHAIN = TabularParams(reward=jnp.array([[0.1, 0.0], [0.0, 0.1], [0.1, 1.0]]),
 CHAIN_OPTIMUM = 1.0 / 3.0
 
 
+def _typed(config):
+  """(DQNConfig, TrainConfig) of a config, validated (`bes.experiment.config`)."""
+  d = config_lib.dqn_config(config)
+  return d, config_lib.train_config(config, d)
+
+
 def _tabular_config():
   config = default_config.get_config()
   d = config.dqn
@@ -123,7 +131,7 @@ def _tabular_config():
 @pytest.mark.slow
 def test_greedy_policy_is_optimal_on_a_chain():
   env = TabularEnv(num_tasks=3, num_models=2, episode_len=6)
-  trainer = dqn.make_train(_tabular_config(), env, CHAIN, env, CHAIN)
+  trainer = dqn.make_train(*_typed(_tabular_config()), env, CHAIN, env, CHAIN)
   keys = jax.random.split(jax.random.PRNGKey(0), 2)
   state, stats = jax.jit(jax.vmap(trainer.train))(keys)
   ev = jax.device_get(jax.jit(jax.vmap(trainer.evaluate))(state, keys))
@@ -139,9 +147,9 @@ def test_greedy_policy_is_optimal_on_a_chain():
 # ------------------------------------------------------------------ the serving environment
 def _direct_run(config):
   """Trains like `train_lib.train` (same jitted programs), without a workdir."""
-  _, env, params, batched, eval_env, eval_params = train_lib.build_envs(config)
-  trainer = dqn.make_train(config, env, params, eval_env, eval_params, params_batched=batched)
-  state = jax.jit(jax.vmap(trainer.init))(train_lib.seed_keys(config))
+  setup = Setup.from_config(config)
+  trainer, _ = train_lib.make_trainer(setup)
+  state = jax.jit(jax.vmap(trainer.init))(setup.seed_keys())
   chunk = jax.jit(jax.vmap(trainer.chunk), donate_argnums=0)
   stats = []
   for _ in range(trainer.num_chunks):
@@ -205,7 +213,8 @@ def test_request_credit_reattributes_episode_rewards(direct_runs):
 def trained(tmp_path_factory, tiny_router_config):
   """An uninterrupted `train_lib.train` run of the request-credit config: (workdir, result)."""
   workdir = str(tmp_path_factory.mktemp("full"))
-  return workdir, train_lib.train(tiny_router_config(), workdir, log=lambda s: None)
+  return workdir, train_lib.train(Setup.from_config(tiny_router_config()), workdir,
+                                  log=lambda s: None)
 
 
 def _csv(workdir, drop=("seconds",)):
@@ -215,7 +224,7 @@ def _csv(workdir, drop=("seconds",)):
 
 def _restore(workdir, trainer, config):
   """The learner state (stacked over seeds) of `workdir`'s latest checkpoint."""
-  keys = train_lib.seed_keys(config)
+  keys = Setup.from_config(config).seed_keys()
   mngr = checkpoint.manager(workdir)
   like = jax.eval_shape(jax.vmap(trainer.init), keys)
   return checkpoint.restore_state(mngr, mngr.latest_step(), like)[0]
@@ -226,9 +235,9 @@ def test_resume_ends_like_an_uninterrupted_run(trained, tmp_path, tiny_router_co
   full, full_result = trained
   config = tiny_router_config()
   workdir, logs = str(tmp_path / "resumed"), []
-  train_lib.train(config, workdir, log=logs.append, stop_after_chunks=1)
+  train_lib.train(Setup.from_config(config), workdir, log=logs.append, stop_after_chunks=1)
   assert checkpoint.manager(workdir).latest_step() == 1 and len(_csv(workdir)) == 2
-  result = train_lib.train(config, workdir, log=logs.append)
+  result = train_lib.train(Setup.from_config(config), workdir, log=logs.append)
   assert any("resumed" in line and "chunk 1/2" in line for line in logs)
   assert checkpoint.manager(workdir).latest_step() == 2
   for key in ("eval_mean_utility", "eval_availability", "eval_rejected_frac"):
@@ -238,8 +247,8 @@ def test_resume_ends_like_an_uninterrupted_run(trained, tmp_path, tiny_router_co
   trainer = direct_runs["request"][0]
   chex.assert_trees_all_equal(_restore(workdir, trainer, config),
                               _restore(full, trainer, config))
-  chex.assert_trees_all_equal([p.params for p in checkpoint.load_policies(workdir)[1]],
-                              [p.params for p in checkpoint.load_policies(full)[1]])
+  chex.assert_trees_all_equal([p.params for p in workdir_lib.load_policies(workdir)],
+                              [p.params for p in workdir_lib.load_policies(full)])
 
 
 @pytest.mark.slow
@@ -248,7 +257,7 @@ def test_resume_with_another_config_is_refused(trained, tiny_router_config):
   config = tiny_router_config()
   config.dqn.gamma, config.dqn.learning_rate = 0.5, 0.1
   with pytest.raises(ValueError, match=r"dqn\.gamma.*dqn\.learning_rate"):
-    train_lib.train(config, workdir, log=lambda s: None)
+    train_lib.train(Setup.from_config(config), workdir, log=lambda s: None)
 
 
 @pytest.mark.slow
@@ -257,7 +266,7 @@ def test_refused_resume_leaves_the_workdir_config(trained, tiny_router_config):
   config = tiny_router_config()
   config.dqn.gamma = 0.5
   with pytest.raises(ValueError):
-    train_lib.train(config, workdir, log=lambda s: None)
+    train_lib.train(Setup.from_config(config), workdir, log=lambda s: None)
   with open(f"{workdir}/config.json") as f:
     assert json.load(f)["dqn"]["gamma"] == tiny_router_config().dqn.gamma
 
@@ -265,7 +274,7 @@ def test_refused_resume_leaves_the_workdir_config(trained, tiny_router_config):
 @pytest.mark.slow
 def test_load_policies_and_greedy_routing(trained, direct_runs, tiny_router_config):
   workdir, _ = trained
-  config, seeds = checkpoint.load_policies(workdir)
+  config, seeds = workdir_lib.saved_config(workdir), workdir_lib.load_policies(workdir)
   assert config.dqn.to_dict() == tiny_router_config().dqn.to_dict() and len(seeds) == 2
   trainer, state, _ = direct_runs["request"]       # same config and keys: the same learner
   saved = _restore(workdir, trainer, config)
@@ -305,12 +314,11 @@ def test_trimmed_workdir_loads_the_same_router_and_refuses_to_resume(trained, tm
   assert os.listdir(f"{lean}/checkpoints") == ["2"]
   assert "state" not in os.listdir(f"{lean}/checkpoints/2")
   assert checkpoint.trim_to_policy(lean) == 0                    # idempotent
-  config, seeds = checkpoint.load_policies(lean)
-  full_config, full_seeds = checkpoint.load_policies(full)
-  assert config.to_dict() == full_config.to_dict()
-  chex.assert_trees_all_equal([p.params for p in seeds], [p.params for p in full_seeds])
+  assert workdir_lib.saved_config(lean).to_dict() == workdir_lib.saved_config(full).to_dict()
+  chex.assert_trees_all_equal([p.params for p in workdir_lib.load_policies(lean)],
+                              [p.params for p in workdir_lib.load_policies(full)])
   with pytest.raises(ValueError, match=r"checkpoints/2: holds only the trained policy"):
-    train_lib.train(tiny_router_config(), lean, log=lambda s: None)
+    train_lib.train(Setup.from_config(tiny_router_config()), lean, log=lambda s: None)
 
 
 # ------------------------------------------------------------------ bad configs
@@ -330,17 +338,18 @@ def test_bad_config_raises_naming_the_field(field, value):
   config[section][key] = value
   env = TabularEnv(num_tasks=3, num_models=2, episode_len=6)    # credit=False: 'request' fails
   with pytest.raises(ValueError, match=rf"config\.{section}\.{key}"):
-    dqn.make_train(config, env, CHAIN, env, CHAIN)
+    dqn.make_train(*_typed(config), env, CHAIN, env, CHAIN)
 
 
 def test_bad_train_values_raise_naming_the_field(tiny_router_config):
   config = tiny_router_config()
   config.train.rate_multipliers = "0.5,x"
   with pytest.raises(ValueError, match=r"config\.train\.rate_multipliers"):
-    train_lib.rate_multipliers(config)
+    Setup.from_config(config)
   config.train.rate_multipliers = "1,-2"
   with pytest.raises(ValueError, match=r"config\.train\.rate_multipliers"):
-    train_lib.rate_multipliers(config)
+    Setup.from_config(config)
+  config.train.rate_multipliers = ""
   config.num_seeds = 0
   with pytest.raises(ValueError, match=r"config\.num_seeds"):
-    train_lib.seed_keys(config)
+    Setup.from_config(config)

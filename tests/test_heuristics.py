@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from bes import heuristics, policies
-from bes.env import config as env_config
 from bes.env.serving_env import make_env
+from bes.experiment import Setup
 from bes.profile import profile_from_dict
 from bes.requests import Requests
 from bes.serving_config import ServingConfig
@@ -108,7 +108,9 @@ def _default_env(rate, episode_len):
   config = default_config.get_config()
   config.workload.kind = "poisson"
   config.workload.rate = rate
-  env, params, profile = env_config.env_from_config(config, episode_len=episode_len)
+  setup = Setup.from_config(config)
+  env, params = setup.env(episode_len=episode_len)
+  profile = setup.profile
   return env, params, profile
 
 
@@ -144,7 +146,7 @@ def test_vmapped_tuning_returns_the_best_candidate_of_its_grid(heavy):
   keys = jax.random.split(jax.random.split(KEY)[1], 2)              # tune's rollout keys
   assert [c["slack"] for c in report["candidates"]] == [0.5, 1.25, 4.0]
   one_by_one = [float(np.mean(heuristics.evaluate(
-      env, params, heuristics.stack([heuristics.from_dict("deadline_greedy", c, params)]), keys,
+      env, params, policies.stack([heuristics.from_dict("deadline_greedy", c, params)]), keys,
       env.episode_len))) for c in report["candidates"]]
   np.testing.assert_allclose(report["scores"], one_by_one, rtol=1e-5, atol=1e-6)
   assert report["best_index"] == int(np.argmax(one_by_one))
@@ -194,7 +196,7 @@ def test_tuned_greedy_beats_static_policies_under_heavy_load(heavy):
   env, params, profile, _, report = heavy
   m, t = len(profile.models), len(profile.tasks)
   keys = jax.random.split(jax.random.split(KEY)[1], 2)
-  statics = heuristics.stack([policies.static(i, t, m) for i in range(m)])
+  statics = policies.stack([policies.static(i, t, m) for i in range(m)])
   static_scores = np.asarray(heuristics.evaluate(env, params, statics, keys, env.episode_len))
   static_scores = static_scores.mean(1)
   assert report["score"] > static_scores[0] + 0.05, (report, static_scores)   # opt-125m

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from bes import clock, policies
-from bes.env import config as env_config
+from bes.experiment import Setup, config as config_lib
 from bes.env.serving_env import make_env
 from bes.profile import default_profile
 from bes.serving_config import ServingConfig
@@ -49,19 +49,21 @@ def test_policy_spec_errors(spec, message):
 
 def test_default_config_builds_the_environment_and_errors_name_the_key():
   config = default_config.get_config()
-  env, params, profile = env_config.env_from_config(config)
+  setup = Setup.from_config(config)
+  env, params = setup.env()
+  profile = setup.profile
   assert env.instances == (1, 1, 2) and env.obs_size == 4 + 3 + 1
   assert profile.num_gpus == 4
   obs, state = jax.jit(env.reset)(jax.random.PRNGKey(0), params)
   assert obs.shape == (env.obs_size,) and float(obs[:4].sum()) == 1.0
   config.env.deadline_s = "1,2"
   with pytest.raises(ValueError, match="config.env: field 'deadline_s'"):
-    env_config.env_from_config(config)
+    Setup.from_config(config)
   config.env.deadline_s = "1,2,3,4"
-  assert env_config.serving_config_from(config.env, 4).deadline_s == (1.0, 2.0, 3.0, 4.0)
+  assert config_lib.serving_config_from(config.env, 4).deadline_s == (1.0, 2.0, 3.0, 4.0)
   config.env.reward = "medium"
   with pytest.raises(ValueError, match="reward"):
-    env_config.env_from_config(config)
+    Setup.from_config(config)
 
 
 @pytest.mark.parametrize("field,value", [
@@ -94,7 +96,7 @@ def test_prefill_cost_is_exact_fixed_point_arithmetic():
 
 def test_make_env_refuses_bad_arguments():
   profile = default_profile()
-  workload = env_config.workload_from_config(default_config.get_config().workload, profile.tasks)
+  workload = Setup.from_config(default_config.get_config()).workload
   with pytest.raises(ValueError, match="episode_len"):
     make_env(profile, ServingConfig(), workload, episode_len=0)
   with pytest.raises(ValueError, match="rate_ema_alpha"):
@@ -111,7 +113,7 @@ def test_measured_cpu_profile_runs_in_the_simulator():
   config = default_config.get_config()
   config.workload.kind = "poisson"
   config.workload.rate = 50.0
-  env, params, _ = env_config.env_from_config(config, episode_len=64, record=True, profile=profile)
+  env, params = Setup.from_config(config, profile).env(episode_len=64, record=True)
   policy = policies.round_robin(len(profile.tasks), len(profile.models))
   out, rewards = rollout_lib.run_episode(env, params, policy, jax.random.PRNGKey(0))
   assert np.all(out["model"] == np.arange(64) % len(profile.models))

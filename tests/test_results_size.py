@@ -44,8 +44,8 @@ def test_committed_routers_keep_only_the_latest_policy():
 
 def test_a_committed_router_loads():
   """A trimmed workdir still loads (the queue-features router: the richest observation)."""
-  from bes.router import checkpoint
+  from bes.experiment import workdir as workdir_lib
   workdir = [d for d in _router_workdirs(RESULTS) if "features-queues" in d]
   assert len(workdir) == 1, workdir
-  config, seeds = checkpoint.load_policies(workdir[0])
+  config, seeds = workdir_lib.saved_config(workdir[0]), workdir_lib.load_policies(workdir[0])
   assert config.dqn.features == "queues" and len(seeds) == int(config.num_seeds) == 3

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from bes import policies
-from bes.env import config as env_config
 from bes.env import instances as inst
+from bes.experiment import Setup
 from bes.router import dqn, features
 from bes.router.policy import LearnedPolicy
 from bes.router.qnetwork import make_qnetwork
@@ -27,7 +27,9 @@ def _config():
 
 
 def _loaded_state(config, steps=40):
-  env, params, profile = env_config.env_from_config(config)
+  setup = Setup.from_config(config)
+  env, params = setup.env()
+  profile = setup.profile
   obs, state = env.reset(jax.random.PRNGKey(0), params)
   big = policies.static(len(profile.models) - 1, len(profile.tasks), len(profile.models))
   step = jax.jit(lambda k, s, a: env.step(k, s, a, params))
@@ -62,16 +64,17 @@ def test_learned_policy_and_training_use_the_features():
   config = _config()
   env, obs, state = _loaded_state(config, steps=10)
   layout = features.layout(env.num_tasks, env.num_models, "queues")
-  network = make_qnetwork(layout, config.dqn)
+  network = make_qnetwork(layout, Setup.from_config(config).dqn)
   extended = features.extend(obs, state, layout)
   params = network.init(jax.random.PRNGKey(0), extended[None])
   policy = LearnedPolicy(params=params, network=network)
   action = jax.jit(lambda p, o, s: p(None, o, s))(policy, obs, state)
   assert int(action) == int(jnp.argmax(network.apply(params, extended)))
   # Training with the features: transitions store extended observations.
-  env, params_env, _ = env_config.env_from_config(config, credit=True)
-  eval_env, eval_params, _ = env_config.env_from_config(config, episode_len=16)
-  trainer = dqn.make_train(config, env, params_env, eval_env, eval_params)
+  setup = Setup.from_config(config)
+  env, params_env = setup.env(credit=True)
+  eval_env, eval_params = setup.env(episode_len=16)
+  trainer = dqn.make_train(setup.dqn, setup.train, env, params_env, eval_env, eval_params)
   ls = jax.jit(trainer.init)(jax.random.PRNGKey(0))
   assert ls.replay.obs.shape[-1] == env.obs_size + 2 * env.num_models
   ls, stats = jax.jit(trainer.chunk)(ls)

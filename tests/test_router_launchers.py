@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-from bes.router import train_lib
+from bes.experiment import train as train_lib
 from tests import tiny_router
 from tests.tiny_router import SERVING, TINY_PROFILE
 

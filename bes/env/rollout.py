@@ -36,6 +36,14 @@ def rollout(env: ServingEnv, params: EnvParams, policy, key: jax.Array, num_step
   return state, trajectory
 
 
+def rollouts(env: ServingEnv, params: EnvParams, policy, keys: jax.Array, num_steps: int):
+  """`rollout` from each of `keys` [K, 2] with one decision per step; returns the per-call
+  dict of every rollout, each entry [K, num_steps]. Jittable (`env`, `num_steps` static).
+  With `num_steps` a multiple of `env.episode_len` every request's outcome is counted
+  (episodes end by draining). Scores policies in the learner's evaluation and in tuning."""
+  return jax.vmap(lambda k: rollout(env, params, policy, k, num_steps)[1])(keys)
+
+
 def outcomes_to_numpy(outcomes) -> dict:
   """Recorded `Outcomes` as numpy arrays: `arrival` (s, float64 exact), `task`, `model`,
   `instance`, `latency` (s, inf when rejected), `latency_us` (int64 whole microseconds, exact

@@ -1,5 +1,6 @@
 """Orbax checkpoints of a training run: the whole learner state, the policy parameters and
-the full config, so that a run resumes exactly and a trained router loads on its own.
+the full config, so that a run resumes exactly and a trained router loads on its own
+(`bes.experiment.workdir.load_policies`).
 
 Layout: `<workdir>/checkpoints/<chunk>/{state,params,config,progress}` (an orbax
 CheckpointManager; the step is the number of chunks done). `params` holds the policy's
@@ -9,7 +10,7 @@ without building the training environments; `progress` holds the wall-clock seco
 
 `trim_to_policy(workdir)` keeps only what evaluation reads (the latest step's params, config
 and progress): what `results/` commits of a trained router. A trimmed workdir loads with
-`load_policies` but cannot resume training.
+`bes.experiment.workdir.load_policies` but cannot resume training.
 
 Damaged checkpoints (a truncated or emptied file after a full disk, a half-copied workdir):
 every read goes through `_restore`, which turns whatever orbax, TensorStore or the JSON
@@ -27,7 +28,6 @@ import sys
 from typing import Callable, TypeVar
 
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 
 
@@ -49,13 +49,13 @@ def manager(workdir: str, keep: int = 2) -> ocp.CheckpointManager:
       max_to_keep=max(1, int(keep)), create=True))
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, config: ml_collections.ConfigDict,
-         progress: dict, params) -> None:
-  """Saves the learner state (any pytree), the policy's `params`, the config and
-  `progress` (JSON)."""
+def save(mngr: ocp.CheckpointManager, step: int, state, config: dict, progress: dict,
+         params) -> None:
+  """Saves the learner state (any pytree), the policy's `params`, the config (a JSON-able
+  dict) and `progress` (JSON)."""
   mngr.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), params=ocp.args.StandardSave(params),
-      config=ocp.args.JsonSave(config.to_dict()), progress=ocp.args.JsonSave(progress)))
+      config=ocp.args.JsonSave(config), progress=ocp.args.JsonSave(progress)))
   mngr.wait_until_finished()
 
 
@@ -93,13 +93,13 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, like):
   return got.state, got.progress
 
 
-def step_config(mngr: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
-  """The full config saved with checkpoint `step`."""
+def step_config(mngr: ocp.CheckpointManager, step: int) -> dict:
+  """The full config (JSON object) saved with checkpoint `step`."""
   saved = _restore(mngr, step, config=ocp.args.JsonRestore()).config
   if not isinstance(saved, dict):
     raise CorruptCheckpointError(f"checkpoint {step_dir(mngr, step)}: its config is not a "
                                  f"JSON object (got {type(saved).__name__})")
-  return ml_collections.ConfigDict(saved, type_safe=False)
+  return saved
 
 
 def _move_aside(path: str) -> str:
@@ -153,11 +153,11 @@ class Resumed:
   step: int
   state: object
   progress: dict
-  config: ml_collections.ConfigDict
+  config: dict
 
 
 def restore_latest_intact(mngr: ocp.CheckpointManager, like,
-                          check_config: Callable[[ml_collections.ConfigDict], None] | None = None,
+                          check_config: Callable[[dict], None] | None = None,
                           warn: Warn = _stderr_warning) -> Resumed | None:
   """The newest intact checkpoint of a training run, or None when there is none; damaged
   newer steps are moved aside with a warning (`newest_intact`).
@@ -180,7 +180,7 @@ def restore_latest_intact(mngr: ocp.CheckpointManager, like,
 
 
 def read_config(workdir: str,
-                warn: Warn = _stderr_warning) -> tuple[ml_collections.ConfigDict, int]:
+                warn: Warn = _stderr_warning) -> tuple[dict, int]:
   """The config saved with the newest checkpoint of `workdir` whose config and params both
   read (a damaged newer one is skipped with a warning), and that checkpoint's step."""
   root = os.path.join(workdir, "checkpoints")
@@ -189,7 +189,7 @@ def read_config(workdir: str,
     raise ValueError(f"--workdir={workdir}: no checkpoint under {root} "
                      f"(train first with launch/train.py --workdir={workdir})")
 
-  def readable(step: int) -> ml_collections.ConfigDict:
+  def readable(step: int) -> dict:
     config = step_config(mngr, step)
     _restore(mngr, step, params=ocp.args.StandardRestore())  # reads (checks) every array
     return config
@@ -220,27 +220,3 @@ def trim_to_policy(workdir: str) -> int:
 
 def _tree_bytes(path: str) -> int:
   return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
-
-
-def load_policies(workdir: str):
-  """The trained router of `workdir`'s newest intact checkpoint (`read_config`; a damaged
-  newer one is skipped with a warning): (config, [LearnedPolicy per seed])."""
-  import jax.numpy as jnp
-  from bes.env import config as env_config
-  from bes.router import features as features_lib
-  from bes.router.policy import LearnedPolicy
-  from bes.router.qnetwork import make_qnetwork
-
-  config, step = read_config(workdir)
-  profile = env_config.profile_from_config(config)
-  layout = features_lib.layout(len(profile.tasks), len(profile.models),
-                               str(config.dqn.get("features", "paper")))
-  network = make_qnetwork(layout, config.dqn)
-  obs = jnp.zeros((1, layout.size), jnp.float32)
-  keys = jax.random.split(jax.random.PRNGKey(0), int(config.num_seeds))
-  like = jax.eval_shape(jax.vmap(lambda k: network.init(k, obs)), keys)
-  params = restore_params(workdir, step, like)
-  seeds = [LearnedPolicy(params=jax.tree_util.tree_map(lambda x, s=s: x[s], params),
-                         network=network)
-           for s in range(int(config.num_seeds))]
-  return config, seeds

@@ -1,13 +1,14 @@
 """Double DQN against the vectorised serving environment, as one jitted program.
 
-`make_train(config, env, env_params, eval_env, eval_params)` returns a `Trainer` of pure
-functions in the shape PureJaxRL popularised, structured like Stoix's `ff_ddqn`:
+`make_train(dqn, train, env, env_params, eval_env, eval_params)` (typed configs,
+`bes/router/config.py`) returns a `Trainer` of pure functions in the shape PureJaxRL
+popularised, structured like Stoix's `ff_ddqn`:
   init(key) -> LearnerState                    one seed: network, optimiser, replay, envs
-  chunk(state) -> (state, ChunkStats)          `lax.scan` over `config.train.chunk_iterations`
+  chunk(state) -> (state, ChunkStats)          `lax.scan` over `train.chunk_iterations`
   evaluate(state, key) -> EvalStats            greedy policy on the evaluation environment
   keep_best(state, eval) -> state              remember the best-evaluated params
   train(key) -> (state, ChunkStats per chunk)  everything at once (a scan over chunks)
-Each is written for one seed; `jax.vmap` runs several seeds in one call (`launch/train.py`
+Each is written for one seed; `jax.vmap` runs several seeds in one call (`bes.experiment.train`
 jits `vmap(chunk)` and drives the chunks from Python, evaluating and checkpointing between
 them).
 
@@ -16,7 +17,7 @@ online network; `step_async` runs at most `max_passes` event passes per model gr
 environments move on their own clocks. An environment that was ready at the start of the
 call used the action; when it reaches its next arrival (`decided`), the transition (observation
 and action at routing, the reward, the next observation, done) enters its replay ring. The
-reward (`config.dqn.credit`) is either the environment's step reward ('step': utilities of
+reward (`dqn.credit`) is either the environment's step reward ('step': utilities of
 the requests that finished during the step, mostly other requests' than the one routed) or
 the routed request's own utility ('request', the default), added to its transition when the
 request completes; both sum to the same total over an episode, but crediting each request
@@ -37,12 +38,9 @@ from bes.env import rollout as rollout_lib
 from bes.env.serving_env import EnvParams, ServingEnv
 from bes.router import features as features_lib
 from bes.router import losses, replay as replay_lib
+from bes.router.config import DQNConfig, TrainConfig
 from bes.router.policy import LearnedPolicy
 from bes.router.qnetwork import QNetwork, make_qnetwork
-
-TARGET_UPDATES = ("periodic", "polyak")
-CREDITS = ("request", "step")
-
 
 class Envs(NamedTuple):
   """The parallel training environments (leading axis E) and the decision each one waits on."""
@@ -101,84 +99,40 @@ class Trainer(NamedTuple):
   num_chunks: int
 
 
-def _check(config) -> None:
-  d, t = config.dqn, config.train
-  positive = dict(num_envs=d.num_envs, batch_size=d.batch_size, replay_capacity=d.replay_capacity,
-                  n_step=d.n_step, max_passes=d.max_passes, num_iterations=d.num_iterations,
-                  updates_per_iteration=d.updates_per_iteration, target_period=d.target_period)
-  for name, value in positive.items():
-    try:
-      ok = int(value) >= 1
-    except (TypeError, ValueError):
-      ok = False
-    if not ok:
-      raise ValueError(f"config.dqn.{name}: expected an integer >= 1, got {value!r}")
-  for name in ("huber_delta", "max_grad_norm"):
-    if not float(d[name]) > 0:
-      raise ValueError(f"config.dqn.{name}: expected > 0, got {d[name]!r}")
-  for name, default in (("center_rate", 0.0), ("lr_final_frac", 1.0)):
-    if not 0.0 <= float(d.get(name, default)) <= 1.0:
-      raise ValueError(f"config.dqn.{name}: expected a value in [0, 1], got {d.get(name)!r}")
-  if int(t.eval_episodes) < 1:
-    raise ValueError(f"config.train.eval_episodes: expected an integer >= 1, got {t.eval_episodes!r}")
-  if int(t.eval_episode_len) < 1:
-    raise ValueError(f"config.train.eval_episode_len: expected an integer >= 1, got "
-                     f"{t.eval_episode_len!r}")
-  if int(t.chunk_iterations) < 1 or int(d.num_iterations) % int(t.chunk_iterations):
-    raise ValueError(f"config.train.chunk_iterations: expected a divisor of config.dqn."
-                     f"num_iterations={d.num_iterations}, got {t.chunk_iterations!r}")
-  if int(d.n_step) > int(d.replay_capacity):
-    raise ValueError(f"config.dqn.n_step={d.n_step} exceeds config.dqn.replay_capacity="
-                     f"{d.replay_capacity}")
-  if not 0.0 <= float(d.gamma) <= 1.0:
-    raise ValueError(f"config.dqn.gamma: expected a discount in [0, 1], got {d.gamma!r}")
-  if d.target_update not in TARGET_UPDATES:
-    raise ValueError(f"config.dqn.target_update: expected one of {TARGET_UPDATES}, "
-                     f"got {d.target_update!r}")
-  for name in ("eps_start", "eps_end", "eps_decay_frac", "polyak_tau"):
-    if not 0.0 <= float(d[name]) <= 1.0:
-      raise ValueError(f"config.dqn.{name}: expected a value in [0, 1], got {d[name]!r}")
-  if d.credit not in CREDITS:
-    raise ValueError(f"config.dqn.credit: expected one of {CREDITS}, got {d.credit!r}")
-  if not float(d.learning_rate) > 0:
-    raise ValueError(f"config.dqn.learning_rate: expected > 0, got {d.learning_rate!r}")
-
-
-def learning_rate_schedule(d):
+def learning_rate_schedule(d: DQNConfig):
   """Adam's step size: constant, or (`lr_decay`) linear to lr * lr_final_frac over the
   run's gradient steps."""
-  lr = float(d.learning_rate)
-  if not d.get("lr_decay", False):
-    return lr
-  steps = max(1, (int(d.num_iterations) - int(d.learning_starts)) * int(d.updates_per_iteration))
-  return optax.linear_schedule(lr, lr * float(d.lr_final_frac), steps)
+  if not d.lr_decay:
+    return d.learning_rate
+  steps = max(1, (d.num_iterations - d.learning_starts) * d.updates_per_iteration)
+  return optax.linear_schedule(d.learning_rate, d.learning_rate * d.lr_final_frac, steps)
 
 
-def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: ServingEnv,
-               eval_params: EnvParams, params_batched: bool = False) -> Trainer:
-  """The training functions for `config.dqn` / `config.train` (module docstring).
+def make_train(d: DQNConfig, train: TrainConfig, env: ServingEnv, env_params: EnvParams,
+               eval_env: ServingEnv, eval_params: EnvParams,
+               params_batched: bool = False) -> Trainer:
+  """The training functions for a validated `DQNConfig` / `TrainConfig` (module docstring;
+  `bes.experiment.config` builds both from a config).
 
   `env_params` is one EnvParams shared by the E training environments, or (with
   `params_batched`) a stack of E of them (e.g. one arrival rate each). `eval_env` must have
   `record=False`; its episodes are evaluated whole (`eval_env.episode_len` decisions).
   """
-  _check(config)
-  d = config.dqn
-  num_envs, num_actions = int(d.num_envs), env.num_models
-  n_step, gamma, batch_size = int(d.n_step), float(d.gamma), int(d.batch_size)
-  chunk_len = int(config.train.chunk_iterations)
-  num_iterations = int(d.num_iterations)
-  layout = features_lib.layout(env.num_tasks, num_actions, str(d.get("features", "paper")))
+  num_envs, num_actions = d.num_envs, env.num_models
+  n_step, gamma, batch_size = d.n_step, d.gamma, d.batch_size
+  chunk_len = train.chunk_iterations
+  num_iterations = d.num_iterations
+  layout = features_lib.layout(env.num_tasks, num_actions, d.features)
   network = make_qnetwork(layout, d)
-  optimiser = optax.chain(optax.clip_by_global_norm(float(d.max_grad_norm)),
+  optimiser = optax.chain(optax.clip_by_global_norm(d.max_grad_norm),
                           optax.adam(learning_rate_schedule(d)))
-  epsilon = optax.linear_schedule(float(d.eps_start), float(d.eps_end),
-                                  max(1, int(float(d.eps_decay_frac) * num_iterations)))
-  learning_starts = int(d.learning_starts)
+  epsilon = optax.linear_schedule(d.eps_start, d.eps_end,
+                                  max(1, int(d.eps_decay_frac * num_iterations)))
+  learning_starts = d.learning_starts
   credit_requests = d.credit == "request"
   if credit_requests != env.credit:
     raise ValueError(f"config.dqn.credit={d.credit!r} needs an environment built with "
-                     f"credit={credit_requests} (bes.env.config.env_from_config(..., credit=...))")
+                     f"credit={credit_requests} (bes.experiment.Setup.env(..., credit=...))")
   params_axis = 0 if params_batched else None
   v_reset = jax.vmap(env.reset, in_axes=(0, params_axis))
   v_step = jax.vmap(env.step_async, in_axes=(0, 0, 0, params_axis, None))
@@ -194,7 +148,7 @@ def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: Serving
                 pending_reward=jnp.zeros(num_envs, jnp.float32),
                 pending_resolved=jnp.zeros(num_envs, bool), episode_base=zeros)
     return LearnerState(params=params, target_params=params, opt_state=optimiser.init(params),
-                        replay=replay_lib.init(num_envs, int(d.replay_capacity), layout.size),
+                        replay=replay_lib.init(num_envs, d.replay_capacity, layout.size),
                         envs=envs, key=k_run, iteration=jnp.int32(0), updates=jnp.int32(0),
                         reward_mean=jnp.float32(0), best_params=params,
                         best_utility=jnp.float32(-jnp.inf))
@@ -208,10 +162,10 @@ def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: Serving
     q_tm1 = network.apply(params, batch.obs)
     q_t_selector = network.apply(params, batch.next_obs)
     q_t_value = network.apply(target_params, batch.next_obs)
-    ret = (batch.ret - center_steps * reward_mean) * float(d.reward_scale)
+    ret = (batch.ret - center_steps * reward_mean) * d.reward_scale
     td = jax.vmap(losses.double_q_learning)(q_tm1, batch.action, ret, batch.discount, q_t_value,
                                             q_t_selector)
-    loss = jnp.sum(batch.weight * losses.huber(td, float(d.huber_delta)))
+    loss = jnp.sum(batch.weight * losses.huber(td, d.huber_delta))
     return loss / jnp.maximum(batch.weight.sum(), 1.0), jnp.mean(q_tm1)
 
   def gradient_step(replay, reward_mean, carry, key):
@@ -223,16 +177,16 @@ def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: Serving
     params = optax.apply_updates(params, step)
     updates = updates + 1
     if d.target_update == "polyak":
-      target_params = optax.incremental_update(params, target_params, float(d.polyak_tau))
+      target_params = optax.incremental_update(params, target_params, d.polyak_tau)
     else:
       target_params = jax.tree_util.tree_map(
-          lambda p, t: jnp.where(updates % int(d.target_period) == 0, p, t), params, target_params)
+          lambda p, t: jnp.where(updates % d.target_period == 0, p, t), params, target_params)
     return (params, target_params, opt_state, updates), (loss, q_mean)
 
   def learn(ls: LearnerState, key):
     carry = (ls.params, ls.target_params, ls.opt_state, ls.updates)
     carry, (loss, q_mean) = jax.lax.scan(lambda c, k: gradient_step(ls.replay, ls.reward_mean, c, k), carry,
-                                         jax.random.split(key, int(d.updates_per_iteration)))
+                                         jax.random.split(key, d.updates_per_iteration))
     params, target_params, opt_state, updates = carry
     return ls._replace(params=params, target_params=target_params, opt_state=opt_state,
                        updates=updates), loss.mean(), q_mean.mean()
@@ -251,7 +205,7 @@ def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: Serving
         pending_action=jnp.where(ready, action, envs.pending_action),
         pending_index=jnp.where(ready, envs.state.index, envs.pending_index))
     obs, state, step_reward, done, decided, info = v_step(
-        jax.random.split(k_step, num_envs), envs.state, action, env_params, int(d.max_passes))
+        jax.random.split(k_step, num_envs), envs.state, action, env_params, d.max_passes)
     obs = v_features(obs, state)
     reward = step_reward
     if credit_requests:
@@ -259,12 +213,12 @@ def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: Serving
       reward, resolved = pending.pending_reward, pending.pending_resolved
     else:
       replay, resolved = ls.replay, None
-    terminal = done & bool(d.terminal_episode_end)
+    terminal = done & d.terminal_episode_end
     replay = replay_lib.add(replay, pending.pending_obs, pending.pending_action, reward, terminal,
                             obs, decided, resolved)
     n_decided = decided.sum(dtype=jnp.int32)
     batch_mean = step_reward.sum() / jnp.maximum(n_decided, 1)
-    rate = jnp.where(n_decided > 0, float(d.center_rate), 0.0)
+    rate = jnp.where(n_decided > 0, d.center_rate, 0.0)
     ls = ls._replace(reward_mean=ls.reward_mean + rate * (batch_mean - ls.reward_mean))
     base = jnp.where(decided & done, replay.count, pending.episode_base)
     ls = ls._replace(replay=replay, key=key,
@@ -299,11 +253,12 @@ def make_train(config, env: ServingEnv, env_params: EnvParams, eval_env: Serving
     sums = ChunkStats(*(x.sum() for x in stats[:5]), *(x.mean() for x in stats[5:]))
     return ls, sums
 
-  def evaluate(ls: LearnerState, key: jax.Array, num_episodes: int = 4) -> EvalStats:
+  def evaluate(ls: LearnerState, key: jax.Array,
+               num_episodes: int = train.eval_episodes) -> EvalStats:
     """Greedy routing over `num_episodes` whole evaluation episodes (one decision per step)."""
     policy = LearnedPolicy(params=ls.params, network=network)
-    run = lambda k: rollout_lib.rollout(eval_env, eval_params, policy, k, eval_env.episode_len)[1]
-    traj = jax.vmap(run)(jax.random.split(key, num_episodes))
+    traj = rollout_lib.rollouts(eval_env, eval_params, policy,
+                                jax.random.split(key, num_episodes), eval_env.episode_len)
     n = num_episodes * eval_env.episode_len
     return EvalStats(mean_utility=traj["reward"].sum() / n, availability=traj["on_time"].sum() / n,
                      rejected_frac=traj["rejected"].sum() / n)

@@ -11,12 +11,15 @@ unbounded, so it is normalised before the MLP:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from bes.env.observation import ObservationLayout
+
+if TYPE_CHECKING:
+  from bes.router.config import DQNConfig
 
 NORMALISATIONS = ("none", "scale", "log")
 ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu, "tanh": jnp.tanh, "silu": nn.silu}
@@ -67,25 +70,8 @@ class QNetwork(nn.Module):
     return nn.Dense(1)(x) + advantage - advantage.mean(-1, keepdims=True)
 
 
-def make_qnetwork(layout: ObservationLayout, cfg) -> QNetwork:
-  """The Q-network over observations of `layout` (one action per model) that a `config.dqn`
-  section describes (errors name `config.dqn.<field>`)."""
-  hidden = cfg.hidden
-  if isinstance(hidden, str):
-    hidden = [h for h in hidden.split(",") if h.strip()]
-  try:
-    hidden = tuple(int(h) for h in hidden)
-  except (TypeError, ValueError):
-    raise ValueError(f"config.dqn.hidden: expected widths like '64,64', got {cfg.hidden!r}") from None
-  if not hidden or min(hidden) < 1:
-    raise ValueError(f"config.dqn.hidden: expected one or more widths >= 1, got {cfg.hidden!r}")
-  if cfg.activation not in ACTIVATIONS:
-    raise ValueError(f"config.dqn.activation: expected one of {sorted(ACTIVATIONS)}, "
-                     f"got {cfg.activation!r}")
-  if cfg.obs_norm not in NORMALISATIONS:
-    raise ValueError(f"config.dqn.obs_norm: expected one of {NORMALISATIONS}, got {cfg.obs_norm!r}")
-  if not float(cfg.rate_scale) > 0:
-    raise ValueError(f"config.dqn.rate_scale: expected > 0 requests/s, got {cfg.rate_scale!r}")
-  return QNetwork(layout=layout, hidden=hidden,
-                  activation=str(cfg.activation), obs_norm=str(cfg.obs_norm),
-                  rate_scale=float(cfg.rate_scale), dueling=bool(cfg.get("dueling", False)))
+def make_qnetwork(layout: ObservationLayout, cfg: DQNConfig) -> QNetwork:
+  """The Q-network over observations of `layout` (one action per model) that a validated
+  `DQNConfig` (`bes/router/config.py`) describes."""
+  return QNetwork(layout=layout, hidden=cfg.hidden, activation=cfg.activation,
+                  obs_norm=cfg.obs_norm, rate_scale=cfg.rate_scale, dueling=cfg.dueling)

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 
 from bes import config_cli
-from bes.router import dqn, train_lib
+from bes.experiment import train as train_lib
+from bes.experiment.setup import Setup
 
 
 def load_avg() -> list[float]:
@@ -20,19 +21,19 @@ def load_avg() -> list[float]:
 
 def training_throughput(config, num_envs: int, num_seeds: int, chunk_iterations: int,
                         repeats: int, profile) -> dict:
-  """The router's training loop (`dqn.make_train`'s chunk, as `train_lib` runs it) for
+  """The router's training loop (`dqn.make_train`'s chunk, as `bes.experiment.train` runs it) for
   `num_envs` environments per seed x `num_seeds`: compile seconds and the median over
   `repeats` chunks of `chunk_iterations` (timed past `learning_starts`) of env calls/s,
   routing decisions/s and gradient updates/s, all seeds together."""
   cfg = config_cli.apply_overrides(config, {"dqn.num_envs": num_envs, "num_seeds": num_seeds,
                                             "train.chunk_iterations": chunk_iterations})
-  _, env, params, batched, eval_env, eval_params = train_lib.build_envs(cfg, profile)
-  trainer = dqn.make_train(cfg, env, params, eval_env, eval_params, params_batched=batched)
-  ls = jax.block_until_ready(jax.jit(jax.vmap(trainer.init))(train_lib.seed_keys(cfg)))
+  setup = Setup.from_config(cfg, profile)
+  trainer, _ = train_lib.make_trainer(setup)
+  ls = jax.block_until_ready(jax.jit(jax.vmap(trainer.init))(setup.seed_keys()))
   start = time.perf_counter()
   chunk = jax.jit(jax.vmap(trainer.chunk), donate_argnums=0).lower(ls).compile()
   compile_s = time.perf_counter() - start
-  warmup = max(1, math.ceil(int(cfg.dqn.learning_starts) / chunk_iterations))
+  warmup = max(1, math.ceil(setup.dqn.learning_starts / chunk_iterations))
   for _ in range(warmup):                        # past learning_starts: every iteration learns
     ls, _ = jax.block_until_ready(chunk(ls))
   seconds, decisions, updates = [], [], []

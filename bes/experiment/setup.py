@@ -1,0 +1,117 @@
+"""`Setup`: everything an experiment needs, built once from an ml_collections config.
+
+  setup = Setup.from_config(config)       # profile, ServingConfig, workload, typed configs
+  env, params = setup.env()               # training episodes (config.env.episode_len)
+  env, params = setup.env(episode_len=n, record=True)   # one recorded evaluation run
+  envs = setup.train_envs()               # the learner's environments (rate multipliers)
+
+The ConfigDict itself is kept only to be saved (config.json, checkpoints) and compared when
+a run resumes; everything else reads the typed fields.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from bes import policies
+from bes.env.serving_env import EnvParams, ServingEnv, make_env
+from bes.experiment import config as config_lib
+from bes.profile import Profile
+from bes.router.config import DQNConfig, TrainConfig
+from bes.serving_config import ServingConfig
+from bes.workloads import workload_from_config
+
+
+class TrainEnvs(NamedTuple):
+  """The learner's environments: `params` one EnvParams, or (`batched`) a stack of one per
+  parallel environment; `eval_env` / `eval_params` for the greedy evaluations."""
+  env: ServingEnv
+  params: EnvParams
+  batched: bool
+  eval_env: ServingEnv
+  eval_params: EnvParams
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """An experiment's typed configuration (module docstring).
+
+  Attributes:
+    config: the whole ml_collections config (saved and compared on resume only).
+    profile: the deployment; serving: the serving knobs (validated for its tasks).
+    workload: the request stream (a workload pytree, `bes/workloads`).
+    episode_len: requests per training episode; rate_ema_alpha: weight of the newest gap in
+      the observed arrival rate.
+    dqn, train, simulate: the typed sections (`bes.experiment.config`).
+    seed: the base seed; num_seeds: seeds trained together.
+  """
+  config: ml_collections.ConfigDict
+  profile: Profile
+  serving: ServingConfig
+  workload: Any
+  episode_len: int
+  rate_ema_alpha: float
+  dqn: DQNConfig
+  train: TrainConfig
+  simulate: config_lib.SimulateConfig
+  seed: int
+  num_seeds: int
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict,
+                  profile: Profile | None = None) -> "Setup":
+    """Builds and validates every section once (`profile` replaces the config's)."""
+    profile = profile or config_lib.profile_from_config(config)
+    serving = config_lib.serving_config_from(config.env, len(profile.tasks))
+    dqn = config_lib.dqn_config(config)
+    seed, num_seeds = config_lib.seeds(config)
+    return cls(config=config, profile=profile, serving=serving,
+               workload=workload_from_config(config.workload, profile.tasks),
+               episode_len=int(config.env.episode_len),
+               rate_ema_alpha=float(config.env.rate_ema_alpha), dqn=dqn,
+               train=config_lib.train_config(config, dqn),
+               simulate=config_lib.simulate_config(config), seed=seed, num_seeds=num_seeds)
+
+  @property
+  def is_trace(self) -> bool:
+    return self.config.workload.kind == "trace"
+
+  def env(self, episode_len: int | None = None, record: bool = False, credit: bool = False,
+          profile: Profile | None = None, workload=None) -> tuple[ServingEnv, EnvParams]:
+    """The environment of this setup (episodes of `episode_len` requests, default the
+    training length); `profile` / `workload` replace the setup's."""
+    return make_env(profile or self.profile, self.serving,
+                    self.workload if workload is None else workload,
+                    episode_len=episode_len or self.episode_len, record=record,
+                    rate_ema_alpha=self.rate_ema_alpha, credit=credit)
+
+  def train_envs(self) -> TrainEnvs:
+    """The learner's environments. With rate multipliers, training environment i runs the
+    workload at rate `rate * m[i % k]` (EnvParams stacked over environments); evaluation
+    uses the workload exactly as configured."""
+    env, params = self.env(credit=self.dqn.credit == "request")
+    eval_env, eval_params = self.env(episode_len=self.train.eval_episode_len)
+    multipliers = self.train.rate_multipliers
+    if not multipliers:
+      return TrainEnvs(env, params, False, eval_env, eval_params)
+    if self.is_trace and not float(self.config.workload.rate):
+      raise ValueError("config.train.rate_multipliers: a trace at its own timing "
+                       "(config.workload.rate=0) cannot be rescaled; set a rate")
+    workloads = []
+    for i in range(self.dqn.num_envs):
+      cfg = ml_collections.ConfigDict(self.config.workload.to_dict(), type_safe=False)
+      cfg.rate = float(self.config.workload.rate) * multipliers[i % len(multipliers)]
+      workloads.append(workload_from_config(cfg, self.profile.tasks))
+    stacked = policies.stack(workloads)
+    params = jax.tree_util.tree_map(
+        lambda x: jnp.broadcast_to(x, (len(workloads),) + jnp.shape(x)),
+        params.replace(workload=None))
+    return TrainEnvs(env, params.replace(workload=stacked), True, eval_env, eval_params)
+
+  def seed_keys(self) -> jax.Array:
+    """One key per trained seed: split from PRNGKey(seed), [num_seeds, 2]."""
+    return jax.random.split(jax.random.PRNGKey(self.seed), self.num_seeds)
