@@ -104,6 +104,9 @@ def typed_section(cls, section: Mapping[str, Any], where: str):
   values = {}
   for field in dataclasses.fields(cls):
     key = f"{where}.{field.name}"
+    if field.type not in _PARSERS:
+      raise TypeError(f"{cls.__name__}.{field.name}: no parser for type {field.type!r}; "
+                      f"expected one of {sorted(_PARSERS)}")
     if field.name in section:
       values[field.name] = _PARSERS[field.type](section[field.name], key)
     elif field.default is dataclasses.MISSING:
