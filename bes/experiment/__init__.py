@@ -12,6 +12,8 @@ typed configs built here and never reads an ml_collections ConfigDict.
                policies, static deployments) -> one result; simulate(setup, specs)
   workdir.py   a training workdir: its router, its tuned heuristics, evaluate_workdir
   report.py    the one report writer: metrics.json, table.txt, outcomes.csv
+  sweep.py     runs a planned sweep (steps as subprocesses), resumably; writes its tables
+  throughput.py  the training loop's env calls / decisions / updates per second (benchmarks)
 """
 from bes.experiment.setup import Setup, TrainEnvs
 
