@@ -2,7 +2,7 @@
 `heartbeat` prints a short `... still working (N s)` line whenever nothing was logged for `every_s` seconds.
 
   with progress.heartbeat(print) as log:
-    train_lib.train(config, workdir, log=log)     # every line goes through `log`
+    train.train(setup, workdir, log=log)     # every line goes through `log`
 
 The heartbeat runs in a daemon thread (XLA compiles and runs without holding Python's GIL)
 and stops when the block ends; it changes nothing but what is printed.

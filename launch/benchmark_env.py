@@ -10,7 +10,7 @@ Measures, on the default profile and config workload with a uniformly random rou
   * compile time (first call) and steady-state throughput (best of `--repeats`);
   * the same requests and actions through the plain-Python reference (`bes.reference`),
     reported as the ratio of the two throughputs;
-  * the router's training loop (`bes.router.throughput`: env calls, replay, Double-DQN
+  * the router's training loop (`bes.experiment.throughput`: env calls, replay, Double-DQN
     updates) for `--train_envs` environments: decisions/s, since it bounds how much
     experience the router learns from.
 With several JAX devices (e.g. `XLA_FLAGS=--xla_force_host_platform_device_count=2` on a
