@@ -8,7 +8,6 @@ heuristics' tuning alike (`mean_utility` here includes the penalties).
 """
 import ml_collections
 
-from bes.sweep import sweep
 from configs.sweeps import router_rates
 
 WORKDIR = "runs/experiments_penalty"
