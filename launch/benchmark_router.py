@@ -279,7 +279,7 @@ def _markdown(result: dict) -> str:
   if result.get("latency"):
     lines += [
         "## Router decision latency (target: one decision < 50 us)", "",
-        f"Greedy decision = argmax of the Q-network, per call, blocking on each "
+        "Greedy decision = argmax of the Q-network, per call, blocking on each "
         f"(`jax.block_until_ready`), after 20 warm-up calls; untrained weights (the cost does not "
         f"depend on their values), synthetic observations of the environment's layout. "
         "Dispatch 'async' is JAX's default on CPU (the program runs on a worker thread; the "

@@ -1,6 +1,5 @@
 """Tests of trace files and trace replay: loading, errors, exact times, rescaling, replay."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
