@@ -280,8 +280,8 @@ def _markdown(result: dict) -> str:
     lines += [
         "## Router decision latency (target: one decision < 50 us)", "",
         "Greedy decision = argmax of the Q-network, per call, blocking on each "
-        f"(`jax.block_until_ready`), after 20 warm-up calls; untrained weights (the cost does not "
-        f"depend on their values), synthetic observations of the environment's layout. "
+        "(`jax.block_until_ready`), after 20 warm-up calls; untrained weights (the cost does not "
+        "depend on their values), synthetic observations of the environment's layout. "
         "Dispatch 'async' is JAX's default on CPU (the program runs on a worker thread; the "
         "caller waits for it), 'sync' runs it on the calling thread "
         "(`--jax_cpu_enable_async_dispatch=false`, or `jax.config.update` before JAX creates its "
