@@ -1,6 +1,7 @@
 """Test helpers for driving the serving environment with given requests and given actions."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import struct
 
@@ -26,3 +27,12 @@ class ActionTable:
 def action_table(actions) -> ActionTable:
   """The `ActionTable` of `actions` (any int sequence, one model index per request)."""
   return ActionTable(jnp.asarray(actions, jnp.int32))
+
+
+def state_after(env, params, actions, key: jax.Array = jax.random.PRNGKey(0)):
+  """(obs, state) after `env.reset` and one `env.step` per action in `actions` (the first
+  requests routed to those models), every call with `key`."""
+  obs, state = env.reset(key, params)
+  for a in actions:
+    obs, state, *_ = env.step(key, state, jnp.int32(a), params)
+  return obs, state

@@ -40,27 +40,19 @@ def _tiny_env(quality=((0.3, 0.9), (0.8, 0.5))):
   return make_env(profile, config, env_testing.replay(requests, 2), episode_len=n)
 
 
-def _after(env, params, actions):
-  """(obs, state) after routing the first requests to `actions`."""
-  obs, state = env.reset(KEY, params)
-  for a in actions:
-    obs, state, *_ = env.step(KEY, state, jnp.int32(a), params)
-  return obs, state
-
-
 def test_deadline_greedy_hand_computed():
   env, params = _tiny_env()
   greedy = heuristics.deadline_greedy(params, mean_output_len=50, mean_prompt_len=100, slack=1.0)
   # Empty cluster: small 50 * 1 ms; big 3 ms prefill + 50 * (10 ms + 1/50 * 3 ms). Both on
   # time (1 s): the better model for task 0, big.
-  obs, state = _after(env, params, [])
+  obs, state = env_testing.state_after(env, params, [])
   np.testing.assert_allclose(greedy.predict_us(state), [50_000, 506_000], rtol=1e-6)
   assert int(greedy(KEY, obs, state)) == 1
   # A slack of 3 makes big late (1.518 s) but not small: small.
   assert int(greedy.replace(slack=jnp.float32(3.0))(KEY, obs, state)) == 0
   # Big holds 1 running (iteration ends at 13 ms) + 2 waiting: queue position 3 of batch 1,
   # 13 ms + 3 * 50 * 10.06 ms + 3 ms + 503 ms = 2.028 s, late; only small is on time.
-  obs, state = _after(env, params, [1, 1, 1])
+  obs, state = env_testing.state_after(env, params, [1, 1, 1])
   np.testing.assert_allclose(greedy.predict_us(state), [50_000, 2_028_000], rtol=1e-6)
   assert int(greedy(KEY, obs, state)) == 0
   # Without the turnover term big's prediction loses the 3 * 3 ms + 3 ms of interference.
@@ -79,7 +71,7 @@ def test_deadline_greedy_sees_a_full_queue_as_rejection():
   env, params = _tiny_env()
   env = env.__class__(**{**env.__dict__, "queue_capacity": 1})
   greedy = heuristics.deadline_greedy(params, 1, 0, slack=1e-6)      # everything "on time"
-  obs, state = _after(env, params, [1, 1])                           # big: 1 running, 1 waiting
+  obs, state = env_testing.state_after(env, params, [1, 1])                           # big: 1 running, 1 waiting
   assert float(greedy.predict_us(state)[1]) > 1e29
   assert int(greedy(KEY, obs, state)) == 0
   # Nothing on time and dump: the request goes where it is rejected, harming no one.
@@ -99,7 +91,7 @@ def test_load_threshold_hand_set_loads():
   assert decide(0, [3.0, 1.0]) == 0          # none below: ratios 1.5 (small), 2.0 (big)
   assert decide(0, [5.0, 1.0]) == 1          # none below: ratios 2.5, 2.0
   # The environment's observed load: big holds 3 requests in 1 instance x batch 1.
-  o, state = _after(env, params, [1, 1, 1])
+  o, state = env_testing.state_after(env, params, [1, 1, 1])
   np.testing.assert_allclose(o[2:4], [0.0, 3.0])
   assert int(policy(KEY, o, state)) == 0
 

@@ -17,8 +17,7 @@ from bes.env.serving_env import make_env
 from bes.profile import profile_from_dict
 from bes.requests import Requests
 from bes.serving_config import ServingConfig
-from bes.workloads import TraceWorkload
-from bes.workloads.mix import mix_from_strings
+from tests import env_testing
 
 KEY = jax.random.PRNGKey(0)
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -70,28 +69,21 @@ def _tiny_env(queue_capacity=1, gap_us=0, n=6):
       gap_us=np.full(n, gap_us, np.int32), task=np.array([0, 1, 1, 0, 1, 0] * n, np.int32)[:n],
       prompt_len=np.array([100, 100, 50, 30, 20, 10] * n, np.int32)[:n],
       output_len=np.full(n, 7, np.int32))
-  workload = TraceWorkload.create(requests, mix_from_strings("", "", 2), draw_tasks=False)
+  workload = env_testing.replay(requests, 2)
   config = ServingConfig(deadline_s=1.0, deadline_per_token_s=0.0, queue_capacity=queue_capacity)
   return make_env(profile, config, workload, episode_len=n)
 
 
-def _after(env, params, actions):
-  obs, state = env.reset(KEY, params)
-  for a in actions:
-    obs, state, *_ = env.step(KEY, state, jnp.int32(a), params)
-  return obs, state
-
-
 def test_view_hand_computed():
   env, params = _tiny_env()
-  _, state = _after(env, params, [])
+  _, state = env_testing.state_after(env, params, [])
   empty = observation.serving_view(state)
   assert float(empty.rate) == 0.0 and int(empty.index) == 0 and empty.timing is None
   np.testing.assert_array_equal(empty.load, [0, 0])
   # Three simultaneous arrivals at t = 0: request 0 starts an iteration on small's instance 0
   # (ends at 1 ms); request 1 starts one on big (3 ms prefill + 10 ms: ends at 13 ms);
   # request 2 waits in big's queue, which is then full (capacity 1).
-  _, state = _after(env, params, [0, 1, 1])
+  _, state = env_testing.state_after(env, params, [0, 1, 1])
   view = observation.serving_view(state, params)
   assert (int(view.task), int(view.prompt_len), int(view.index), int(view.now)) == (0, 30, 3, 0)
   assert float(view.rate) == pytest.approx(1e6)          # gaps of 0 s, floored at 1 us
@@ -113,7 +105,7 @@ def test_view_hand_computed():
   # iteration for request 1 started at 4 ms and ends at 4 + 3 + 10 = 17 ms, 5 ms from now;
   # request 2 waits, the queue (capacity 2) half full.
   env2, params2 = _tiny_env(queue_capacity=2, gap_us=4000)
-  _, state2 = _after(env2, params2, [0, 1, 1])
+  _, state2 = env_testing.state_after(env2, params2, [0, 1, 1])
   view2 = observation.serving_view(state2)
   assert int(view2.now) == 12_000
   np.testing.assert_array_equal(view2.load, [0, 2])
