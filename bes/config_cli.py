@@ -152,15 +152,23 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(file):
     raise ValueError(f"--config: no such config file {file!r}")
   try:
-    spec = importlib.util.spec_from_file_location("_bes_config_file", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    get_config = getattr(module, "get_config", None)
-    if not callable(get_config):
-      raise ValueError("defines no get_config()")
-    return get_config() if arg is None else get_config(arg)
+    return call_file_function(file, "get_config", *(() if arg is None else (arg,)))
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f"--config: {file}: {type(e).__name__}: {e}") from e
+
+
+def call_file_function(path: str, name: str, *args):
+  """Imports the Python file `path` (a config or sweep file) and returns `name(*args)`.
+
+  Raises ValueError("defines no NAME()") when the file has no such function; whatever the
+  import or the call raises propagates (callers name the file and flag)."""
+  spec = importlib.util.spec_from_file_location(f"_bes_file_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  function = getattr(module, name, None)
+  if not callable(function):
+    raise ValueError(f"defines no {name}()")
+  return function(*args)
 
 
 # ------------------------------------------------------------------ key descriptions

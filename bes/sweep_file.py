@@ -7,7 +7,6 @@ Paths in a sweep file are relative to the repository root (`ROOT`).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import re
 import shlex
@@ -156,12 +155,7 @@ def load_sweep(path: str) -> Spec:
   if not os.path.isfile(path):
     raise ValueError(f"--sweep: no such file {path!r}")
   try:
-    module_spec = importlib.util.spec_from_file_location("_sweep_file", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not callable(getattr(module, "get_sweep", None)):
-      raise ValueError("defines no get_sweep()")
-    cfg = module.get_sweep()
+    cfg = config_cli.call_file_function(path, "get_sweep")
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f"{path}: {type(e).__name__}: {e}") from e
   if not hasattr(cfg, "keys"):
