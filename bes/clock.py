@@ -80,11 +80,6 @@ def to_fixed(seconds) -> tuple[np.ndarray, np.ndarray]:
   return us, frac
 
 
-def fixed_to_us(us, frac) -> np.ndarray:
-  """Host: a fixed-point value as float64 microseconds (for reports and checks)."""
-  return np.asarray(us, np.float64) + np.asarray(frac, np.float64) / FRAC_ONE
-
-
 # ------------------------------------------------------------------------------- device side
 def fixed(us, frac=0) -> Fixed:
   """A `Fixed` from int32-convertible parts (frac defaults to 0: whole microseconds)."""

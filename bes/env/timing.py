@@ -22,9 +22,11 @@ def length_bounds(workload) -> tuple[int, int] | None:
   if lengths is not None:
     return int(lengths.max_prompt_len), int(lengths.max_output_len)
   requests = getattr(workload, "requests", None)
+  if requests is None:
+    return None
   try:
     return int(np.max(np.asarray(requests.prompt_len))), int(np.max(np.asarray(requests.output_len)))
-  except Exception:  # no trace, or traced arrays: unknown  # pylint: disable=broad-except
+  except (TypeError, ValueError):  # traced arrays (jax tracer errors are TypeErrors), empty trace
     return None
 
 
