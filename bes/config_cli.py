@@ -38,10 +38,10 @@ CONFIG_HELP_FLAG = "config_help"
 _DOCUMENTED_SECTIONS = {"workload": "bes.workloads.config"}
 
 
-def default_config_path() -> str:
-  """Absolute path of `configs/default.py` (the `configs` package is installed with bes)."""
+def default_config_path(name: str = "default.py") -> str:
+  """Absolute path of `configs/<name>` (the `configs` package is installed with bes)."""
   import configs  # pylint: disable=import-outside-toplevel
-  return os.path.join(os.path.dirname(os.path.abspath(configs.__file__)), "default.py")
+  return os.path.join(os.path.dirname(os.path.abspath(configs.__file__)), name)
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -297,15 +297,16 @@ def _launcher_name(argv: Sequence[str]) -> str:
 
 
 def define_config_flag(help_string: str = "Config file.", name: str = "config",
-                       argv: Sequence[str] | None = None) -> flags.FlagHolder:
-  """Defines `--config` (an ml_collections config file, default `configs/default.py`) and
+                       argv: Sequence[str] | None = None,
+                       default_file: str = "default.py") -> flags.FlagHolder:
+  """Defines `--config` (an ml_collections config file, default `configs/<default_file>`) and
   `--config_help`; to be called at a launcher's top level, before absl parses flags.
 
   Checks the command line first: with `--config_help` prints `describe_config` and exits 0;
   an unknown `--config.KEY` or a missing config file exits 1 with one line naming it.
   """
   argv = sys.argv if argv is None else argv
-  default = default_config_path()
+  default = default_config_path(default_file)
   path = config_path_in(argv, default)
   wants_help = f"--{CONFIG_HELP_FLAG}" in argv
   keys = command_line_keys(argv)

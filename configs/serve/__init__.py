@@ -1,0 +1,1 @@
+"""Serving configs: an experiment config plus a `serve` section (bes/serving/config.py)."""
