@@ -25,6 +25,9 @@ setuptools.setup(
         "matplotlib>=3.8,<4",
         "safetensors>=0.4,<1",
         "transformers>=4.45,<6",
+        "tokenizers>=0.20,<1",   # bes.serving.tokenizer (the trained BPE)
+        "httpx>=0.27,<1",        # bes.serving.loadgen
+        "tqdm>=4.60,<5",         # launch/loadgen.py's progress bar
     ],
     extras_require={
         # torch is the conformance oracle only: the package itself never imports it.
