@@ -27,12 +27,12 @@ setuptools.setup(
         "transformers>=4.45,<6",
         "tokenizers>=0.20,<1",   # bes.serving.tokenizer (the trained BPE)
         "httpx>=0.27,<1",        # bes.serving.loadgen
-        "tqdm>=4.60,<5",
+        "tqdm>=4.60,<5",         # launch/loadgen.py's progress bar
         # the serving runtime (bes/serving): HTTP API, server, metrics
         "fastapi>=0.110,<1",
         "uvicorn>=0.29,<1",
         "pydantic>=2.5,<3",
-        "prometheus_client>=0.20,<1",         # launch/loadgen.py's progress bar
+        "prometheus_client>=0.20,<1",
     ],
     extras_require={
         # torch is the conformance oracle only: the package itself never imports it.
