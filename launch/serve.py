@@ -16,6 +16,7 @@ and `config.serve.out/outcomes.csv` holds one row per request.
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import sys
 
@@ -54,6 +55,8 @@ def main(argv):
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
   print(f"serving {[m.name for m in built.setup.profile.models]} with policy "
         f"{built.serve.policy} on http://{built.serve.host}:{built.serve.port}", flush=True)
+  # uvicorn drains on SIGTERM, then re-raises it: exit 0 after a clean drain, not -15.
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
   uvicorn.run(built.app, host=built.serve.host, port=built.serve.port, log_level="warning",
               timeout_graceful_shutdown=None)
 

@@ -73,8 +73,13 @@ def write_tiny_config(directory: str, **serve) -> str:
 class ServerProcess:
   """`python launch/serve.py --config=PATH` in its own process group, ready on enter."""
 
-  def __init__(self, config_path: str, port: int, log_path: str, timeout_s: float = 240.0):
+  def __init__(self, config_path: str, port: int, log_path: str, timeout_s: float = 240.0,
+               jax_cache_dir: str | None = None):
     self.config_path, self.port, self.log_path = config_path, port, log_path
+    self.env = dict(os.environ)
+    if jax_cache_dir:   # the workers inherit it: the second server compiles nothing
+      self.env.update(JAX_COMPILATION_CACHE_DIR=jax_cache_dir,
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     self.timeout_s = timeout_s
     self.url = f"http://127.0.0.1:{port}"
     self.proc = None
@@ -83,7 +88,7 @@ class ServerProcess:
     self.log = open(self.log_path, "w")
     self.proc = subprocess.Popen(
         [sys.executable, "-m", "launch.serve", f"--config={self.config_path}"],
-        stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env)
     self.wait_ready()
     return self
 

@@ -21,11 +21,12 @@ from tests import serving_testing as st
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, jax_cache_dir):
   directory = str(tmp_path_factory.mktemp("serve"))
   path = st.write_tiny_config(directory, env_queue_capacity=2)
   port = int(open(path).read().split("config.serve.port = ")[1].split("\n")[0])
-  with st.ServerProcess(path, port, os.path.join(directory, "server.log")) as proc:
+  with st.ServerProcess(path, port, os.path.join(directory, "server.log"),
+                        jax_cache_dir=jax_cache_dir) as proc:
     proc.directory = directory
     yield proc
 
@@ -143,40 +144,58 @@ def test_metrics(server, client):
   assert 'bes_requests_total{model="tiny-a",outcome="ok"}' in text
 
 
-def test_killed_engine_fails_its_requests_and_restarts(server, client):
-  pid = next(e["pid"] for e in httpx.get(server.url + "/health").json()["engines"]
-             if e["model"] == "tiny-a")
+def _engine(server, model):
+  return next(e for e in httpx.get(server.url + "/health").json()["engines"]
+              if e["model"] == model)
 
-  def long_request(_):
+
+@pytest.mark.parametrize("fault", ["hang", "kill"])
+def test_failed_engine_fails_its_requests_and_restarts(server, client, fault):
+  # The worker is stopped (SIGSTOP) so the requests are accepted and stay outstanding on
+  # it; then either nothing more (a hang: no iteration for hang_timeout_s = 1 s) or SIGKILL
+  # (the process is gone: noticed at once). Either way: 503 for them, a restart, served again.
+  before = _engine(server, "tiny-a")
+
+  def request(_):
     try:
-      client.completions.create(model="tiny-a", prompt=[11, 12], max_tokens=60, temperature=0,
+      client.completions.create(model="tiny-a", prompt=[11, 12], max_tokens=20, temperature=0,
                                 extra_body={"ignore_eos": True})
       return 200
     except openai.APIStatusError as e:
       return e.status_code
 
-  with concurrent.futures.ThreadPoolExecutor(3) as pool:
-    futures = [pool.submit(long_request, i) for i in range(3)]
-    time.sleep(0.3)
-    os.kill(pid, signal.SIGKILL)
-    t_kill = time.monotonic()
-    codes = [f.result() for f in futures]
-  assert time.monotonic() - t_kill < 5
-  assert 503 in codes
+  os.kill(before["pid"], signal.SIGSTOP)
+  try:
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+      futures = [pool.submit(request, i) for i in range(2)]   # the queue holds 2
+      time.sleep(0.3)
+      t_fault = time.monotonic()
+      if fault == "kill":
+        os.kill(before["pid"], signal.SIGKILL)
+      codes = [f.result() for f in futures]
+      noticed_s = time.monotonic() - t_fault
+  finally:
+    try:
+      os.kill(before["pid"], signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+  assert codes == [503, 503]
+  assert noticed_s < (1.0 if fault == "kill" else 2.0), noticed_s
   server.wait_ready()                       # restarted and warm again
-  health = httpx.get(server.url + "/health").json()
-  engine = next(e for e in health["engines"] if e["model"] == "tiny-a")
-  assert engine["restarts"] == 1 and engine["pid"] != pid
+  after = _engine(server, "tiny-a")
+  assert after["restarts"] == before["restarts"] + 1 and after["pid"] != before["pid"]
+  assert after["state"] == "ready"
   r = client.completions.create(model="tiny-a", prompt=[11, 12], max_tokens=3, temperature=0)
   assert r.usage.completion_tokens >= 1
-  rows = _outcomes(server)
-  assert any(r["status"] == "503" and "failed" in r["error"] for r in rows)
+  rows = [r for r in _outcomes(server) if r["status"] == "503"]
+  assert len(rows) >= 2 and all("failed" in r["error"] for r in rows)
 
 
-def test_sigterm_drains_every_accepted_request(tmp_path):
+def test_sigterm_drains_every_accepted_request(tmp_path, jax_cache_dir):
   path = st.write_tiny_config(str(tmp_path), env_queue_capacity=32)
   port = int(open(path).read().split("config.serve.port = ")[1].split("\n")[0])
-  with st.ServerProcess(path, port, str(tmp_path / "server.log")) as proc:
+  with st.ServerProcess(path, port, str(tmp_path / "server.log"),
+                        jax_cache_dir=jax_cache_dir) as proc:
     c = openai.OpenAI(base_url=proc.url + "/v1", api_key="unused", max_retries=0, timeout=60)
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
       futures = [pool.submit(c.completions.create, model="auto", prompt=[4, 5, i + 6],

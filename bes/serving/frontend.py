@@ -180,7 +180,8 @@ class Frontend:
       await asyncio.sleep(0.02)
     for inst in self.instances:
       try:
-        inst.handle.shutdown(drain=True, timeout_s=max(deadline - time.monotonic(), 1.0))
+        await asyncio.to_thread(inst.handle.shutdown, drain=True,
+                                timeout_s=max(deadline - time.monotonic(), 1.0))
       except Exception as e:  # pylint: disable=broad-except
         log.warning("instance %d: shutdown: %s", inst.index, e)
     for rid in list(self.requests):
@@ -341,6 +342,9 @@ class Frontend:
 
   def _on_down(self, inst: InstanceMirror, msg) -> None:
     inst.state, inst.last_error = "down", msg.reason
+    if self.draining and not msg.rids:
+      log.info("instance %d stopped: %s", inst.index, msg.reason)
+      return
     log.error("instance %d (%s) down: %s; restarting", inst.index,
               self.profile.models[inst.model].name, msg.reason)
     for rid in list(inst.waiting) + list(inst.running):
@@ -351,7 +355,7 @@ class Frontend:
     inst.running.clear()
     if not self.draining:
       inst.state, inst.restarts = "starting", inst.restarts + 1
-      inst.handle.restart()
+      self.loop.run_in_executor(None, inst.handle.restart)
 
   def _fail(self, req: Request, status: int, message: str) -> None:
     self._end(req, status, "error", message)
