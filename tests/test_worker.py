@@ -152,9 +152,10 @@ def test_spec_validation():
 
 # ---- real processes ----------------------------------------------------------------------
 
+PROC_LEN = 24
 SPEC = worker.WorkerSpec(instance=1, model="tiny", config=CONFIG, checkpoint=None, seed=0,
-                         dtype="float32", max_batch=2, max_len=MAX_LEN, queue_capacity=8,
-                         cpus=(0,), buckets=(16, MAX_LEN))
+                         dtype="float32", max_batch=2, max_len=PROC_LEN, queue_capacity=8,
+                         cpus=(0,), buckets=(PROC_LEN,))  # one bucket: a quick warm-up
 
 
 class Events:
@@ -183,7 +184,7 @@ def proc():
 
 def submit_long(handle, rids):
   for rid in rids:
-    handle.submit(P.Submit(rid=rid, tokens=PROMPT, max_tokens=MAX_LEN - 3, ignore_eos=True))
+    handle.submit(P.Submit(rid=rid, tokens=PROMPT, max_tokens=PROC_LEN - 3, ignore_eos=True))
 
 
 def test_process_serves_and_is_pinned(proc):
