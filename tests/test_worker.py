@@ -152,9 +152,10 @@ def test_spec_validation():
 
 # ---- real processes ----------------------------------------------------------------------
 
+PROC_LEN = 24
 SPEC = worker.WorkerSpec(instance=1, model="tiny", config=CONFIG, checkpoint=None, seed=0,
-                         dtype="float32", max_batch=2, max_len=MAX_LEN, queue_capacity=8,
-                         cpus=(0,), buckets=(16, MAX_LEN))
+                         dtype="float32", max_batch=2, max_len=PROC_LEN, queue_capacity=8,
+                         cpus=(0,), buckets=(PROC_LEN,))  # one bucket: a quick warm-up
 
 
 class Events:
@@ -183,7 +184,7 @@ def proc():
 
 def submit_long(handle, rids):
   for rid in rids:
-    handle.submit(P.Submit(rid=rid, tokens=PROMPT, max_tokens=MAX_LEN - 3, ignore_eos=True))
+    handle.submit(P.Submit(rid=rid, tokens=PROMPT, max_tokens=PROC_LEN - 3, ignore_eos=True))
 
 
 def test_process_serves_and_is_pinned(proc):
@@ -212,7 +213,8 @@ def test_kill_hang_restart_drain(proc):
   os.kill(handle.pid, signal.SIGKILL)
   t0 = time.monotonic()
   down, t = events.get(P.WorkerDown, timeout=5)
-  assert down.rids == (10, 11, 12) and "exited" in down.reason and t - t0 < 1.0
+  # Detection is at the next 50 ms poll; the bounds leave room for a loaded 2-core machine.
+  assert down.rids == (10, 11, 12) and "exited" in down.reason and t - t0 < 1.5, t - t0
   assert not handle.alive
   with pytest.raises(RuntimeError, match="not alive"):
     handle.submit(P.Submit(rid=13, tokens=PROMPT, max_tokens=1))
@@ -225,7 +227,7 @@ def test_kill_hang_restart_drain(proc):
   os.kill(pid, signal.SIGSTOP)
   t0 = time.monotonic()
   down, t = events.get(P.WorkerDown, timeout=5)
-  assert down.rids == (20, 21) and down.reason.startswith("hang") and t - t0 < 1.5
+  assert down.rids == (20, 21) and down.reason.startswith("hang") and t - t0 < 2.0, t - t0
   with pytest.raises(ProcessLookupError):
     os.kill(pid, 0)  # killed and reaped
   # restart, serve, drain: accepted requests finish, exit 0.
@@ -242,3 +244,14 @@ def test_kill_hang_restart_drain(proc):
     if isinstance(ev, P.WorkerDown):
       break
   assert fin == {30, 31, 32} and ev.rids == () and ev.reason == "exited (code 0)"
+
+
+def test_fatal_is_reported_as_worker_down(tmp_path):
+  events = Events()
+  bad = worker.WorkerSpec(**{**SPEC.__dict__, "checkpoint": str(tmp_path / "missing")})
+  handle = worker.WorkerHandle(bad, events.q.put)
+  handle.start()
+  fatal, _ = events.get(P.Fatal, timeout=60)
+  down, _ = events.get(P.WorkerDown, timeout=5)
+  assert fatal.instance == 1 and down.reason.startswith("fatal: ") and down.rids == ()
+  assert not handle.alive

@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from typing import Callable
@@ -148,7 +149,7 @@ def worker_main(spec: WorkerSpec, conn, started: float | None = None) -> None:
         msg = conn.recv()
         if isinstance(msg, protocol.Shutdown):
           if not msg.drain:
-            return
+            _exit(conn, 0)
           draining = True
         elif isinstance(msg, protocol.Submit):
           refused = (protocol.Rejected(msg.rid, "worker is shutting down") if draining
@@ -158,19 +159,28 @@ def worker_main(spec: WorkerSpec, conn, started: float | None = None) -> None:
         else:
           raise TypeError(f"unexpected message {type(msg).__name__}")
       if draining and loop.idle:
-        return
+        _exit(conn, 0)
       iteration = loop.step()
       if iteration is not None:
         conn.send(iteration)
   except (EOFError, BrokenPipeError):  # the front end is gone: nobody to tell
-    os._exit(1)  # pylint: disable=protected-access
+    _exit(conn, 1)
   except BaseException as e:  # pylint: disable=broad-except
     try:
       conn.send(protocol.Fatal(instance=spec.instance, error=_one_line(e)))
     finally:
-      os._exit(1)  # pylint: disable=protected-access
-  finally:
+      _exit(conn, 1)
+
+
+def _exit(conn, code: int) -> None:
+  """Ends the worker at once: no interpreter/JAX teardown, so the exit follows the pipe's
+  close immediately (the handle reads the exit code when it sees EOF)."""
+  try:
     conn.close()
+  finally:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # pylint: disable=protected-access
 
 
 class WorkerHandle:
@@ -296,6 +306,9 @@ class WorkerHandle:
           continue
       except (EOFError, OSError):
         proc.join(1.0)
+        if proc.is_alive():  # the pipe closed but the process lingers: end it
+          proc.kill()
+          proc.join(5.0)
         reason = (f"fatal: {self._fatal}" if self._fatal is not None
                   else f"exited (code {proc.exitcode})")
         break
