@@ -25,9 +25,17 @@ setuptools.setup(
         "matplotlib>=3.8,<4",
         "safetensors>=0.4,<1",
         "transformers>=4.45,<6",
+        "tokenizers>=0.20,<1",   # bes.serving.tokenizer (the trained BPE)
+        "httpx>=0.27,<1",        # bes.serving.loadgen
+        "tqdm>=4.60,<5",         # launch/loadgen.py's progress bar
+        # the serving runtime (bes/serving): HTTP API, server, metrics
+        "fastapi>=0.110,<1",
+        "uvicorn>=0.29,<1",
+        "pydantic>=2.5,<3",
+        "prometheus_client>=0.20,<1",
     ],
     extras_require={
         # torch is the conformance oracle only: the package itself never imports it.
-        "test": ["pytest>=8", "torch==2.13.0"],
+        "test": ["pytest>=8", "torch==2.13.0", "openai>=1.30,<4"],
     },
 )

@@ -25,9 +25,21 @@ Choices:
     A prompt's KV occupies cache entries 0..P-1 of its slot, and the token fed at a step goes
     to entry `cache_len`: a slot's valid cache region is always the prefix 0..cache_len-1,
     so its attention mask is `arange(max_len) < cache_len` (+ the new entry).
-  * Sampling is greedy (argmax) when `temperature == 0` (the default), else a categorical
-    draw from `logits / temperature`. The logprob returned is that of the chosen token under
-    the model's distribution (`log_softmax` of the unscaled logits), whatever the temperature.
+  * Sampling parameters are per request (per slot): `prefill` takes a `temperature`, `top_p`
+    and `seed` (traced: no recompilation per value; defaults: the engine's `temperature`,
+    top_p 1), the `Prefix` carries them and `insert` stores them in the slot. A row is
+    greedy (exactly argmax) when its temperature is 0, else a categorical draw from
+    `logits / temperature` restricted to the top-p nucleus (`sampling.top_p_mask`, applied
+    only to rows with top_p < 1). The logprob returned is that of the chosen token under
+    the model's distribution (`log_softmax` of the unscaled logits), whatever the settings.
+  * Random streams: the draw of a request's token j (j = 0 for prefill's first token,
+    j = tokens generated before it otherwise) uses the key `fold_in(fold_in(K, seed), j)`,
+    K the key passed to that `prefill` / `generate_step` call (`jax.random.key(0)` when none
+    is passed). With a constant K (the serving worker passes none) a request's tokens depend
+    only on its prompt, its sampling parameters and its seed: not on its slot, the batch or
+    the iteration. Requests with the same seed draw the same random numbers. A prefill
+    without a `seed` takes one from its key (`random.bits(key)`), so callers that pass
+    distinct keys per request (the older API) get independent streams.
   * A slot that is inactive, or whose cache is full (`cache_len == max_len`), does not
     advance: its bookkeeping and its cache are left exactly as they were (the cache entry the
     batched forward writes for it is restored), and it reports token -1 with logprob 0.
@@ -44,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bes.models import opt
+from bes.models import sampling as sampling_lib
 from bes.models.opt_config import OPTConfig
 
 MIN_BUCKET = 16
@@ -59,12 +72,17 @@ class Prefix:
     length: int32 [], the prompt length P in tokens.
     token: int32 [], the first generated token (sampled from the logits at position P-1).
     logprob: float32 [], its log-probability under the model.
+    temperature, top_p: float32 [], the request's sampling parameters (0 = greedy).
+    seed: uint32 [], the request's sampling seed (module docstring, "Random streams").
   """
   k: jnp.ndarray
   v: jnp.ndarray
   length: jnp.ndarray
   token: jnp.ndarray
   logprob: jnp.ndarray
+  temperature: jnp.ndarray
+  top_p: jnp.ndarray
+  seed: jnp.ndarray
 
 
 @flax.struct.dataclass
@@ -78,6 +96,8 @@ class DecodeState:
     cache_len: int32 [S], filled cache entries; `next_token`'s KV goes to entry cache_len.
     active: bool [S], whether a request occupies the slot.
     generated: int32 [S], tokens generated so far (the prefill's first token counts).
+    temperature, top_p: float32 [S], the slot's sampling parameters (set by `insert`).
+    seed: uint32 [S], the slot's sampling seed (set by `insert`).
   """
   cache: opt.KVCache
   next_token: jnp.ndarray
@@ -85,6 +105,9 @@ class DecodeState:
   cache_len: jnp.ndarray
   active: jnp.ndarray
   generated: jnp.ndarray
+  temperature: jnp.ndarray
+  top_p: jnp.ndarray
+  seed: jnp.ndarray
 
 
 def prefill_buckets(max_len: int, min_bucket: int = MIN_BUCKET) -> tuple[int, ...]:
@@ -96,29 +119,50 @@ def prefill_buckets(max_len: int, min_bucket: int = MIN_BUCKET) -> tuple[int, ..
   return tuple(buckets) + (max_len,)
 
 
-def _sample(logits: jnp.ndarray, key: jnp.ndarray | None,
-            temperature: float) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """Tokens int32 [B] and their logprobs float32 [B] from logits float32 [B, V]."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  if temperature == 0.0:
-    tokens = jnp.argmax(logits, axis=-1)
-  else:
-    tokens = jax.random.categorical(key, logits.astype(jnp.float32) / temperature, axis=-1)
-  tokens = tokens.astype(jnp.int32)
+def _row_keys(key, seed, index):
+  """Per-row keys fold_in(fold_in(key, seed[i]), index[i]) for seed uint32 [B], index int32 [B]."""
+  return jax.vmap(lambda s, j: jax.random.fold_in(jax.random.fold_in(key, s), j))(seed, index)
+
+
+def _sample(logits: jnp.ndarray, keys: jnp.ndarray, temperature: jnp.ndarray,
+            top_p: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Tokens int32 [B] and their logprobs float32 [B] from logits [B, V], per-row parameters.
+
+  keys: [B] PRNG keys; temperature, top_p: float32 [B]. Rows with temperature 0 take the
+  argmax; the sort of top-p and the draws run only when some row samples (`lax.cond`).
+  """
+  logits = logits.astype(jnp.float32)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+  def draw(_):
+    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
+    nucleus = jax.lax.cond(
+        jnp.any(top_p < 1.0),
+        lambda x: jnp.where((top_p < 1.0)[:, None],
+                            sampling_lib.top_p_mask(x, top_p[:, None]), x),
+        lambda x: x, scaled)
+    drawn = jax.vmap(jax.random.categorical)(keys, nucleus).astype(jnp.int32)
+    return jnp.where(temperature > 0, drawn, greedy)
+
+  tokens = jax.lax.cond(jnp.any(temperature > 0), draw, lambda _: greedy, None)
   return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
 
 
-def _prefill(params, tokens, length, key, *, config: OPTConfig, dtype, temperature: float):
-  """Prefix of one right-padded prompt: tokens int32 [L], length int32 [] (real tokens)."""
+def _prefill(params, tokens, length, key, temperature, top_p, seed, *, config: OPTConfig,
+             dtype):
+  """Prefix of one right-padded prompt: tokens int32 [L], length int32 [] (real tokens);
+  temperature, top_p float32 [], seed uint32 []."""
   bucket = tokens.shape[0]
   mask = (jnp.arange(bucket) < length)[None]
   cache = opt.init_cache(config, 1, bucket, dtype)
   logits, cache = opt.forward(params, config, tokens[None], opt.opt_positions(mask), cache,
                               jnp.zeros((1,), jnp.int32), mask)
   last = jax.lax.dynamic_index_in_dim(logits[0], length - 1, axis=0, keepdims=True)
-  token, logprob = _sample(last, key, temperature)
+  keys = _row_keys(key, seed[None], jnp.zeros((1,), jnp.int32))
+  token, logprob = _sample(last, keys, temperature[None], top_p[None])
   return Prefix(k=cache.k[:, 0], v=cache.v[:, 0], length=length, token=token[0],
-                logprob=logprob[0])
+                logprob=logprob[0], temperature=temperature, top_p=top_p, seed=seed)
 
 
 def _insert(prefix: Prefix, state: DecodeState, slot) -> DecodeState:
@@ -134,7 +178,10 @@ def _insert(prefix: Prefix, state: DecodeState, slot) -> DecodeState:
       position=state.position.at[slot].set(prefix.length),
       cache_len=state.cache_len.at[slot].set(prefix.length),
       active=state.active.at[slot].set(True),
-      generated=state.generated.at[slot].set(1))
+      generated=state.generated.at[slot].set(1),
+      temperature=state.temperature.at[slot].set(prefix.temperature),
+      top_p=state.top_p.at[slot].set(prefix.top_p),
+      seed=state.seed.at[slot].set(prefix.seed))
 
 
 def _free(state: DecodeState, slot, *, pad_token_id: int) -> DecodeState:
@@ -147,7 +194,7 @@ def _free(state: DecodeState, slot, *, pad_token_id: int) -> DecodeState:
       generated=state.generated.at[slot].set(0))
 
 
-def _generate_step(params, state: DecodeState, key, *, config: OPTConfig, temperature: float):
+def _generate_step(params, state: DecodeState, key, *, config: OPTConfig):
   """One decode iteration: every active, non-full slot feeds `next_token` and samples the next."""
   num_slots, max_len = state.cache.k.shape[1], state.cache.k.shape[2]
   advance = state.active & (state.cache_len < max_len)
@@ -163,14 +210,14 @@ def _generate_step(params, state: DecodeState, key, *, config: OPTConfig, temper
   cache = opt.KVCache(
       k=cache.k.at[:, rows, index].set(jnp.where(keep, cache.k[:, rows, index], old_k)),
       v=cache.v.at[:, rows, index].set(jnp.where(keep, cache.v[:, rows, index], old_v)))
-  tokens, logprobs = _sample(logits[:, 0], key, temperature)
+  keys = _row_keys(key, state.seed, state.generated)
+  tokens, logprobs = _sample(logits[:, 0], keys, state.temperature, state.top_p)
   step = advance.astype(jnp.int32)
-  new_state = DecodeState(
+  new_state = state.replace(
       cache=cache,
       next_token=jnp.where(advance, tokens, state.next_token),
       position=state.position + step,
       cache_len=state.cache_len + step,
-      active=state.active,
       generated=state.generated + step)
   return new_state, jnp.where(advance, tokens, -1), jnp.where(advance, logprobs, 0.0)
 
@@ -186,7 +233,8 @@ class Engine:
     max_len: cache entries per slot (tokens): prompt + generated tokens fed back, at most
       `config.max_position_embeddings`.
     dtype: dtype of the parameters and the KV cache (logits are always float32).
-    temperature: 0 for greedy decoding, > 0 to sample from logits / temperature.
+    temperature: the default sampling temperature of `prefill` (0: greedy decoding, > 0 to
+      sample from logits / temperature); a prefill may set its own (per request).
   """
 
   def __init__(self, params, config: OPTConfig, num_slots: int, max_len: int,
@@ -207,13 +255,13 @@ class Engine:
     self.dtype, self.temperature = jnp.dtype(dtype), float(temperature)
     self.params = jax.tree.map(lambda x: x.astype(self.dtype) if x.dtype != self.dtype else x,
                                params)
-    self._prefill = jax.jit(functools.partial(
-        _prefill, config=config, dtype=self.dtype, temperature=self.temperature))
+    self._key0 = jax.random.key(0)
+    self._prefill = jax.jit(functools.partial(_prefill, config=config, dtype=self.dtype))
     self._insert = jax.jit(_insert, donate_argnums=(1,))
     self._free = jax.jit(functools.partial(_free, pad_token_id=config.pad_token_id),
                          donate_argnums=(0,))
-    self._generate = jax.jit(functools.partial(
-        _generate_step, config=config, temperature=self.temperature), donate_argnums=(1,))
+    self._generate = jax.jit(functools.partial(_generate_step, config=config),
+                             donate_argnums=(1,))
 
   def init_decode_state(self) -> DecodeState:
     """All slots free, cache zeroed ([layers, num_slots, max_len, heads, head_dim])."""
@@ -224,17 +272,24 @@ class Engine:
         position=jnp.zeros((s,), jnp.int32),
         cache_len=jnp.zeros((s,), jnp.int32),
         active=jnp.zeros((s,), bool),
-        generated=jnp.zeros((s,), jnp.int32))
+        generated=jnp.zeros((s,), jnp.int32),
+        temperature=jnp.zeros((s,), jnp.float32),
+        top_p=jnp.ones((s,), jnp.float32),
+        seed=jnp.zeros((s,), jnp.uint32))
 
   def bucket_for(self, length: int) -> int:
     """The padded length (tokens) a prompt of `length` tokens is prefilled at."""
     return next(b for b in self.buckets if b >= length)
 
   def prefill(self, tokens: Sequence[int] | np.ndarray | jnp.ndarray,
-              key: jnp.ndarray | None = None) -> Prefix:
+              key: jnp.ndarray | None = None, *, temperature: float | None = None,
+              top_p: float = 1.0, seed: int | None = None) -> Prefix:
     """Runs the prompt (int32 [P], 1 <= P < max_len) and samples its first generated token.
 
-    `key` (a PRNG key) is needed only when temperature > 0.
+    temperature (default: the engine's), top_p in (0, 1] and seed (taken mod 2**32; default:
+    drawn from `key`) are the request's sampling parameters, kept by `insert` for its slot.
+    `key` (a PRNG key) is required when neither `temperature` nor `seed` is given and the
+    engine's temperature is > 0 (the older API); else it defaults to `jax.random.key(0)`.
     """
     tokens = np.asarray(tokens).reshape(-1)
     length = tokens.shape[0]
@@ -246,14 +301,27 @@ class Engine:
     if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
       raise ValueError(f"Engine.prefill: token ids must be in [0, {self.config.vocab_size}), "
                        f"got min {tokens.min()} max {tokens.max()}")
-    key = self._check_key(key, "prefill")
+    if temperature is None:
+      temperature = self.temperature
+      if seed is None:
+        key = self._check_key(key, "prefill")
+    if not (temperature >= 0.0 and np.isfinite(temperature)):
+      raise ValueError(f"Engine.prefill: temperature must be a finite number >= 0, "
+                       f"got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+      raise ValueError(f"Engine.prefill: top_p must be in (0, 1], got {top_p}")
+    key = self._key0 if key is None else key
+    seed = (jax.random.bits(key, dtype=jnp.uint32) if seed is None
+            else np.uint32(int(seed) % 2**32))
     padded = np.full((self.bucket_for(length),), self.config.pad_token_id, np.int32)
     padded[:length] = tokens
-    return self._prefill(self.params, jnp.asarray(padded), jnp.int32(length), key)
+    # numpy arguments travel with the jitted call (no separate eager transfers).
+    return self._prefill(self.params, padded, np.int32(length), key,
+                         np.float32(temperature), np.float32(top_p), seed)
 
   def insert(self, prefix: Prefix, state: DecodeState, slot: int) -> DecodeState:
     """Places `prefix` in slot `slot` (replacing whatever ran there); donates `state`."""
-    return self._insert(prefix, state, jnp.int32(self._check_slot(slot, "insert")))
+    return self._insert(prefix, state, np.int32(self._check_slot(slot, "insert")))
 
   def generate_step(self, state: DecodeState, key: jnp.ndarray | None = None
                     ) -> tuple[DecodeState, jnp.ndarray, jnp.ndarray]:
@@ -267,7 +335,7 @@ class Engine:
 
   def free(self, state: DecodeState, slot: int) -> DecodeState:
     """Marks slot `slot` free; donates `state`."""
-    return self._free(state, jnp.int32(self._check_slot(slot, "free")))
+    return self._free(state, np.int32(self._check_slot(slot, "free")))
 
   def _check_slot(self, slot: int, what: str) -> int:
     if not 0 <= int(slot) < self.num_slots:
@@ -277,4 +345,4 @@ class Engine:
   def _check_key(self, key, what: str):
     if self.temperature > 0.0 and key is None:
       raise ValueError(f"Engine.{what}: a PRNG key is required when temperature > 0")
-    return jax.random.key(0) if key is None else key
+    return self._key0 if key is None else key

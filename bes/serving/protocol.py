@@ -15,6 +15,11 @@ Worker -> front end:
               request produced, which requests finished, and the instance's state after it.
   Rejected    a Submit the worker refused (its waiting queue was full, or bad input).
   Fatal       the worker hit an error it cannot continue from (it exits after sending it).
+
+Handle -> front end (made in the front end's process by `bes.serving.worker.WorkerHandle`,
+never sent by a worker):
+  WorkerDown  the worker process is gone (exited, crashed, or killed as hung); its
+              outstanding requests are lost.
 """
 from __future__ import annotations
 
@@ -94,3 +99,17 @@ class Fatal:
   """The worker cannot go on (a one-line error); it exits after sending this."""
   instance: int
   error: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerDown:
+  """The worker process of `instance` is gone; `rids` (sorted) were outstanding (submitted,
+  neither finished nor rejected) and are lost: the front end ends them with an error.
+
+  reason: one line, 'exited (code N)', 'fatal: <error>' (after a Fatal) or 'hang: ...'
+    (no message for the hang timeout with requests outstanding; the process was killed).
+    A worker that exits after a Shutdown is reported too (reason 'exited (code 0)').
+  """
+  instance: int
+  reason: str
+  rids: tuple

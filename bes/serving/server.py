@@ -203,7 +203,7 @@ def make_app(frontend: Frontend, tokenizer) -> fastapi.FastAPI:
       if event[0] == "token":
         if event[1] == tokenizer.eos_token_id and not req.ignore_eos:
           continue
-        piece = detok.add(event[1])
+        piece = detok.push(event[1])
         if piece:
           yield f"data: {json.dumps(chunk(piece, None))}\n\n"
       elif event[0] == "done":

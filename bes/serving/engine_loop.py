@@ -1,0 +1,186 @@
+"""One instance's serving loop over a slot `Engine`, as the serving model's "Execution" says.
+
+No processes and no pipes here (`bes.serving.worker` runs this loop in a process), so it can
+be unit-tested and profiled in-process.
+
+  loop = EngineLoop(engine, instance=0, queue_capacity=64)
+  loop.warmup()                      # compile every shape it will ever run
+  loop.submit(protocol.Submit(...))  # -> protocol.Rejected or None (queued)
+  it = loop.step()                   # -> protocol.Iteration, or None when idle
+
+One `step()` is one iteration: admit waiting requests FIFO while slots are free; `prefill`
+each admitted request (its first token); if any request was running before admission, one
+`generate_step` (one more token each); `insert` the admitted prefixes; fetch the tokens to
+the host (blocking); a request completes when it has `max_tokens` tokens (LENGTH) or
+produced EOS (`config.eos_token_id`) with at least `min_tokens` tokens and not `ignore_eos`
+(STOP; an EOS that is also the `max_tokens`-th token is STOP, as OpenAI reports it); the
+slots of completed requests are freed. Slots are taken lowest index first.
+
+Sampling is per request (temperature, top_p, seed; see `bes.models.engine`, "Random
+streams"): a request's tokens depend only on its prompt, parameters and seed, never on
+which other requests share its iterations.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+
+import jax
+import numpy as np
+
+from bes.models import engine as engine_lib
+from bes.serving import protocol
+
+
+@dataclasses.dataclass
+class _Running:
+  msg: protocol.Submit
+  slot: int
+  produced: int = 0
+
+
+class EngineLoop:
+  """FIFO waiting queue + running slots of one `Engine` (module docstring).
+
+  Args:
+    engine: the slot engine (`num_slots` = the largest running batch).
+    instance: the instance id written in every Iteration.
+    queue_capacity: waiting requests at most; a Submit beyond it is Rejected.
+    clock: the time source of Iteration.start/end (`time.monotonic`).
+  """
+
+  def __init__(self, engine: engine_lib.Engine, instance: int, queue_capacity: int,
+               clock=time.monotonic):
+    if queue_capacity < 0:
+      raise ValueError(f"EngineLoop: queue_capacity must be >= 0, got {queue_capacity}")
+    self.engine, self.instance, self.queue_capacity = engine, instance, queue_capacity
+    self.clock = clock
+    self.eos = engine.config.eos_token_id
+    self.state = engine.init_decode_state()
+    self.waiting: collections.deque[protocol.Submit] = collections.deque()
+    self.running: dict[int, _Running] = {}  # rid -> request, in admission order
+    self.free_slots = list(range(engine.num_slots))
+
+  @property
+  def idle(self) -> bool:
+    """Nothing running and nothing waiting."""
+    return not self.running and not self.waiting
+
+  def check(self, msg: protocol.Submit) -> str | None:
+    """Why `msg` is bad input (one line), or None."""
+    cfg, max_len = self.engine.config, self.engine.max_len
+    toks = msg.tokens
+    if not isinstance(toks, (tuple, list)) or not toks:
+      return "tokens must be a non-empty tuple of token ids"
+    if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in toks):
+      return "tokens must be ints"
+    if min(toks) < 0 or max(toks) >= cfg.vocab_size:
+      return f"token ids must be in [0, {cfg.vocab_size})"
+    for name in ("max_tokens", "min_tokens", "seed"):
+      v = getattr(msg, name)
+      if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+        return f"{name} must be an int, got {v!r}"
+    if msg.max_tokens < 1:
+      return f"max_tokens must be >= 1, got {msg.max_tokens}"
+    if len(toks) + msg.max_tokens > max_len:
+      return (f"prompt ({len(toks)}) + max_tokens ({msg.max_tokens}) must be <= max_len "
+              f"({max_len})")
+    if not 0 <= msg.min_tokens <= msg.max_tokens:
+      return f"min_tokens must be in [0, max_tokens={msg.max_tokens}], got {msg.min_tokens}"
+    try:
+      temperature, top_p = float(msg.temperature), float(msg.top_p)
+    except (TypeError, ValueError):
+      return "temperature and top_p must be numbers"
+    if not (np.isfinite(temperature) and temperature >= 0):
+      return f"temperature must be a finite number >= 0, got {msg.temperature}"
+    if not 0 < top_p <= 1:
+      return f"top_p must be in (0, 1], got {msg.top_p}"
+    return None
+
+  def submit(self, msg: protocol.Submit) -> protocol.Rejected | None:
+    """Queues `msg` (FIFO), or returns why it is refused (bad input, or the queue is full)."""
+    reason = self.check(msg)
+    if reason is None and len(self.waiting) >= self.queue_capacity:
+      reason = f"waiting queue full ({self.queue_capacity} requests)"
+    if reason is not None:
+      return protocol.Rejected(rid=msg.rid, reason=reason)
+    self.waiting.append(msg)
+    return None
+
+  def _prefill(self, msg: protocol.Submit):
+    return self.engine.prefill(np.asarray(msg.tokens, np.int32), temperature=msg.temperature,
+                               top_p=msg.top_p, seed=msg.seed)
+
+  def step(self) -> protocol.Iteration | None:
+    """One iteration (module docstring); None when idle (nothing running or waiting)."""
+    if self.idle:
+      return None
+    start = self.clock()
+    eng = self.engine
+    admitted = []
+    while self.waiting and self.free_slots:
+      msg = self.waiting.popleft()
+      admitted.append(_Running(msg, self.free_slots.pop(0)))
+    prefixes = [self._prefill(r.msg) for r in admitted]
+    before = list(self.running.values())
+    decoded = None
+    if before:
+      self.state, toks, lps = eng.generate_step(self.state)
+      decoded = (toks, lps)
+    for r, prefix in zip(admitted, prefixes):
+      self.state = eng.insert(prefix, self.state, r.slot)
+    decoded, firsts = jax.device_get((decoded, [(p.token, p.logprob) for p in prefixes]))
+    produced = []
+    if decoded is not None:
+      toks, lps = decoded
+      produced += [(r, int(toks[r.slot]), float(lps[r.slot])) for r in before]
+    produced += [(r, int(t), float(lp)) for r, (t, lp) in zip(admitted, firsts)]
+    for r in admitted:
+      self.running[r.msg.rid] = r
+    finished = []
+    for r, tok, _ in produced:
+      r.produced += 1
+      msg = r.msg
+      if tok == self.eos and not msg.ignore_eos and r.produced >= msg.min_tokens:
+        finished.append((msg.rid, protocol.STOP))
+      elif r.produced >= msg.max_tokens:
+        finished.append((msg.rid, protocol.LENGTH))
+    for rid, _ in finished:
+      r = self.running.pop(rid)
+      self.state = eng.free(self.state, r.slot)
+      self.free_slots.append(r.slot)
+    self.free_slots.sort()
+    return protocol.Iteration(
+        instance=self.instance, start=start, end=self.clock(),
+        admitted=tuple(r.msg.rid for r in admitted),
+        tokens=tuple((r.msg.rid, tok, lp) for r, tok, lp in produced),
+        finished=tuple(finished), running=len(self.running), waiting=len(self.waiting))
+
+  def warmup(self) -> float:
+    """Compiles every shape the loop runs (prefill + insert at every bucket, generate_step,
+    free, with greedy and sampled rows), then resets to a fresh state. Returns seconds."""
+    if not self.idle:
+      raise RuntimeError("EngineLoop.warmup: only an idle loop can warm up")
+    t0 = time.perf_counter()
+    eng = self.engine
+    for i, bucket in enumerate(eng.buckets):
+      length = min(bucket, eng.max_len - 1)
+      prefix = eng.prefill(np.full((length,), 3, np.int32), temperature=float(i % 2),
+                           top_p=1.0 - 0.5 * (i % 2), seed=i)
+      self.state = eng.insert(prefix, self.state, i % eng.num_slots)
+      jax.device_get((prefix.token, prefix.logprob))
+    self.state, toks, lps = eng.generate_step(self.state)
+    jax.device_get((toks, lps))
+    for slot in range(eng.num_slots):
+      self.state = eng.free(self.state, slot)
+    jax.block_until_ready(self.state)
+    self.state = eng.init_decode_state()
+    jax.block_until_ready(self.state)
+    return time.perf_counter() - t0
+
+  def compiled_shapes(self) -> int:
+    """Executables compiled so far by the engine's jitted functions (a test hook: it must
+    not grow after `warmup`)."""
+    eng = self.engine
+    return sum(f._cache_size() for f in (eng._prefill, eng._insert, eng._generate, eng._free))

@@ -1,0 +1,159 @@
+"""Latency profile of a worker under serving conditions: the real `EngineLoop`, timed.
+
+`profile_worker(spec, lengths, repeats, warmup)` spawns a process pinned exactly like a
+worker (`worker.pin_process`: same cores, single-threaded XLA on CPU), builds and warms up
+the instance's `EngineLoop` (`worker.build_loop`), and times whole iterations
+(`Iteration.end - Iteration.start`: admission, prefills, decode, inserts, the host fetch of
+the tokens, frees), medians over `repeats` after `warmup` untimed ones:
+
+  * decode_step_s[b-1]: an iteration with b requests running and none admitted
+    (b = 1..max_batch, requests with ignore_eos and enough max_tokens; short prompts). The
+    engine decodes all max_batch slots densely, so this hardly depends on b: that is what
+    this engine does, and the profile says so.
+  * admission of one request of each prompt length in `lengths`, nothing else running (the
+    request has max_tokens 1, so the iteration is prefill + insert + free). The serving model
+    charges such an iteration tau(1) + prefill_s_fixed + prefill_s_per_token * p, but the
+    loop runs no decode step in it, so the line is fitted (`latency.fit_prefill`) to the
+    measured times minus decode_step_s[0]: the model then predicts the measured iteration.
+  * admit_k: an iteration admitting k requests of one length at once (nothing running),
+    measured against the model's tau(k) + fixed + per_token * k * p (the model charges one
+    fixed cost per iteration; the loop prefills each admitted request separately).
+Rounds are interleaved (every b / length / k once per round) so a busy period of a shared
+machine hits every entry alike.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import statistics
+import time
+
+import numpy as np
+
+from bes.serving import protocol
+from bes.serving import worker as worker_lib
+
+
+def _median_ms(xs):
+  return statistics.median(xs)
+
+
+def measure(loop, lengths, repeats: int, warmup: int, admit_counts=(1, 2, 4),
+            admit_length: int | None = None, seed: int = 0) -> dict:
+  """Times `loop` (an idle, warm EngineLoop) as the module docstring says; returns the dict
+  of `profile_worker`."""
+  from bes.models import latency  # pylint: disable=import-outside-toplevel
+  eng = loop.engine
+  batch, max_len, vocab = eng.num_slots, eng.max_len, eng.config.vocab_size
+  lengths = [int(n) for n in lengths]
+  if not lengths or min(lengths) < 1 or max(lengths) >= max_len:
+    raise ValueError(f"profile: lengths must be in [1, max_len - 1 = {max_len - 1}], "
+                     f"got {lengths}")
+  if repeats < 1 or warmup < 0:
+    raise ValueError(f"profile: need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
+  rng = np.random.default_rng(seed)
+  rid = iter(range(10**9))
+
+  def submit(length, max_tokens):
+    msg = protocol.Submit(rid=next(rid), tokens=tuple(int(t) for t in rng.integers(3, vocab, length)),
+                          max_tokens=max_tokens, ignore_eos=True)
+    refused = loop.submit(msg)
+    if refused is not None:
+      raise RuntimeError(f"profile: the loop refused a request: {refused.reason}")
+
+  # Decode: rounds of b = 1..batch; each round admits b requests and times k iterations.
+  prompt = min(8, max_len - 2)
+  per_round = max_len - prompt - 1 - warmup
+  if per_round < 1:
+    raise ValueError(f"profile: max_len {max_len} too short for {warmup} warm-up iterations")
+  decode = [[] for _ in range(batch)]
+  while len(decode[0]) < repeats:
+    k = min(per_round, repeats - len(decode[0]))
+    for b in range(1, batch + 1):
+      for _ in range(b):
+        submit(prompt, 1 + warmup + k)
+      loop.step()
+      for i in range(warmup + k):
+        it = loop.step()
+        assert not it.admitted and len(it.tokens) == b, it
+        if i >= warmup:
+          decode[b - 1].append(it.end - it.start)
+      assert loop.idle
+  decode_s = [statistics.median(t) for t in decode]
+
+  def admission(counts_lengths):
+    times = [[] for _ in counts_lengths]
+    for r in range(warmup + repeats):
+      for i, (count, length) in enumerate(counts_lengths):
+        for _ in range(count):
+          submit(length, 1)
+        it = loop.step()
+        assert len(it.admitted) == count and loop.idle, it
+        if r >= warmup:
+          times[i].append(it.end - it.start)
+    return [statistics.median(t) for t in times]
+
+  admit_s = admission([(1, n) for n in lengths])
+  fixed, per_token = latency.fit_prefill(lengths, [t - decode_s[0] for t in admit_s])
+  raw_fixed, raw_per_token = latency.fit_prefill(lengths, admit_s)
+  admit_length = admit_length or lengths[len(lengths) // 2]
+  counts = [k for k in admit_counts if k <= batch]
+  admit_k_s = admission([(k, admit_length) for k in counts])
+  return {
+      "decode_step_s": decode_s, "prefill_s_fixed": fixed, "prefill_s_per_token": per_token,
+      "max_batch": batch,
+      "raw": {
+          "prefill_lengths": lengths, "padded_lengths": [eng.bucket_for(n) for n in lengths],
+          "admit_iteration_s": admit_s,
+          "admit_fit_without_decode": [raw_fixed, raw_per_token],
+          "admit_k": [{"k": k, "length": admit_length, "measured_s": t,
+                       "model_s": decode_s[k - 1] + fixed + per_token * k * admit_length}
+                      for k, t in zip(counts, admit_k_s)],
+          "decode_prompt_len": prompt, "repeats": repeats, "warmup": warmup,
+          "max_len": max_len, "buckets": list(eng.buckets)}}
+
+
+def _profile_main(spec, conn, args) -> None:
+  try:
+    worker_lib.pin_process(spec)
+    loop = worker_lib.build_loop(spec)
+    warmup_s = loop.warmup()
+    out = measure(loop, **args)
+    out["raw"]["warmup_s"] = warmup_s
+    conn.send(("ok", out))
+  except BaseException as e:  # pylint: disable=broad-except
+    conn.send(("error", f"{type(e).__name__}: {e}"))
+  finally:
+    conn.close()
+
+
+def profile_worker(spec: worker_lib.WorkerSpec, lengths, repeats: int = 20, warmup: int = 3,
+                   admit_counts=(1, 2, 4), admit_length: int | None = None,
+                   timeout_s: float = 1800.0) -> dict:
+  """Profile model entry of `spec`'s instance, measured in a pinned process (module docstring).
+
+  Returns {decode_step_s, prefill_s_fixed, prefill_s_per_token, max_batch, raw: {...}}; the
+  caller adds name / instances / quality. Raises RuntimeError if the process fails.
+  """
+  ctx = multiprocessing.get_context("spawn")
+  parent, child = ctx.Pipe(duplex=False)
+  args = dict(lengths=list(lengths), repeats=repeats, warmup=warmup,
+              admit_counts=tuple(admit_counts), admit_length=admit_length)
+  proc = ctx.Process(target=_profile_main, args=(spec, child, args), daemon=True)
+  t0 = time.monotonic()
+  proc.start()
+  child.close()
+  try:
+    if not parent.poll(timeout_s):
+      raise RuntimeError(f"profile_worker: no result within {timeout_s} s")
+    status, out = parent.recv()
+  except EOFError:
+    raise RuntimeError(f"profile_worker: the process died (code {proc.exitcode})") from None
+  finally:
+    if proc.is_alive():
+      proc.join(10.0)
+    if proc.is_alive():
+      proc.kill()
+  if status != "ok":
+    raise RuntimeError(f"profile_worker: {out}")
+  out["raw"]["process_s"] = time.monotonic() - t0
+  return out
