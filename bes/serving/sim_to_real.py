@@ -25,8 +25,9 @@
      table across policies, links to each policy's comparison.md).
 
 Every step is skipped when its output exists, so re-running the same command after an
-interruption continues; run.json records the options and a re-run with different ones is
-refused (name a new `out`). A server is never left running (its process group is killed in a
+interruption continues; run.json records the options and a re-run with a different trace,
+trace options or config is refused (name a new `out`); policies may be added or dropped
+(comparison.json holds the policies of the latest run). A server is never left running (its process group is killed in a
 `finally`).
 """
 from __future__ import annotations
@@ -56,7 +57,7 @@ from bes.serving import compare, profiling
 REPO = pathlib.Path(__file__).resolve().parents[2]
 POLICY_KINDS = ("static", "round_robin", "random", "task_map", "deadline_greedy",
                 "load_threshold", "learned")
-RESUME_KEYS = ("trace", "num_requests", "time_scale", "rate", "policies", "config_args")
+RESUME_KEYS = ("trace", "num_requests", "time_scale", "rate", "config_args")  # policies may be added
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,8 +260,9 @@ def wait_healthy(proc: subprocess.Popen, url: str, timeout_s: float, log_path: s
 
 
 def stop_server(proc: subprocess.Popen, timeout_s: float) -> int | None:
-  """SIGTERM to the server (it drains), wait; SIGKILL its whole process group if it does not
-  exit in time (or on any error). Returns its exit code (None if it had to be killed)."""
+  """SIGTERM to the server (it drains), wait; then SIGKILL whatever is left of its process
+  group (always: no engine worker outlives it). Returns its exit code (None if it did not
+  exit within `timeout_s`)."""
   if proc.poll() is not None:
     _kill_group(proc)
     return proc.returncode
@@ -317,11 +319,13 @@ def serve_and_measure(opts: Options, profile_path: str, trace_csv: str, spec: st
                        f"{log_tail(lp)}")
   finally:
     record["exit_code"] = stop_server(proc, opts.drain_timeout_s)
-  if record["exit_code"] != 0:
+  # uvicorn re-raises a captured SIGTERM after its graceful shutdown (drain): -SIGTERM is clean.
+  record["clean_exit"] = record["exit_code"] in (0, -signal.SIGTERM)
+  if not record["clean_exit"]:
     log(f"  warning: the server did not exit cleanly (code {record['exit_code']}); "
         f"{log_path}: {log_tail(log_path, 3)}")
   else:
-    log("  server drained and exited cleanly")
+    log("  server drained and exited")
   io_util.write_text(pdir, "server.json", json.dumps(record, indent=2) + "\n")
   return record
 
