@@ -15,6 +15,15 @@ JSON of the serving-model design page (`bes.profile`), with quality from a CSV t
 
 --config_json is a JSON object {model name: {OPTConfig fields}}; a name in --models is looked
 up there first, then among the named OPT sizes (opt-125m ... opt-66b).
+
+With --serve_config=FILE (a serving config, configs/serve/*.py) it instead profiles that
+config's served models exactly as they serve (`bes.serving.profiling`: the serving EngineLoop
+in a process pinned like the model's first instance; instances, max batch, tasks and quality
+from the config) and writes the profile its `config.profile` names:
+
+  python launch/profile_latency.py --serve_config=configs/serve/cpu.py \
+    --out=bes/data/profiles/cpu_serving.json
+Only --out, --repeats, --warmup and --name apply then.
 """
 from __future__ import annotations
 
@@ -52,6 +61,24 @@ _QUALITY_DEFAULT = flags.DEFINE_float(
 _NAME = flags.DEFINE_string("name", None, "Profile name (default: <platform>-measured).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random weights and tokens.")
 _OUT = flags.DEFINE_string("out", None, "Output profile JSON path.")
+_SERVE_CONFIG = flags.DEFINE_string(
+    "serve_config", None, "A serving config file (configs/serve/*.py): profile its served models "
+    "under their serving pinning (module docstring).")
+
+
+def serve_config_main() -> None:
+  """--serve_config: the serving config's models measured by bes.serving.profiling."""
+  from bes import config_cli  # pylint: disable=g-import-not-at-top
+  from bes.serving import profiling  # pylint: disable=g-import-not-at-top
+  io_util.check_writable_file(_OUT.value, "--out")
+  try:
+    config = config_cli.load_config_file(_SERVE_CONFIG.value)
+  except ValueError as e:
+    raise ValueError(f"--serve_config: {str(e).removeprefix('--config: ')}") from None
+  profile, _ = profiling.measure_serving_profile(
+      config, repeats=_REPEATS.value, warmup=_WARMUP.value, name=_NAME.value)
+  profile_lib.save_profile(profile, _OUT.value)
+  print(f"wrote {_OUT.value}")
 
 
 def main(argv):
@@ -60,6 +87,9 @@ def main(argv):
     raise app.UsageError("--out is required")
   if _MAX_BATCH.value < 1 or _CONTEXT_LEN.value < 1 or _REPEATS.value < 1 or _WARMUP.value < 1:
     raise app.UsageError("--max_batch, --context_len, --repeats and --warmup must be >= 1")
+  if _SERVE_CONFIG.value:
+    serve_config_main()
+    return
   max_len = _MAX_LEN.value or _CONTEXT_LEN.value + 1
   if max_len <= _CONTEXT_LEN.value:
     raise app.UsageError(f"--max_len must exceed --context_len, got {max_len}")

@@ -59,4 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.serve.hang_timeout_s = 1.0        # work outstanding and no iteration this long: hung
   config.serve.tokenizer_vocab = 8192      # the local BPE's vocabulary (no checkpoint)
   config.serve.out = "runs/serve"          # the server's outcomes.csv
+  # Profiling the workers when config.profile does not exist yet (bes/serving/profiling.py):
+  config.serve.max_batch = 8               # B_m of each model (one instance per model)
+  config.serve.quality_as = "cpu-small=opt-125m;cpu-large=opt-1.3b"  # stand-in quality:
+                                           # NAME=MODEL of the quality table (docstring above)
   return config
