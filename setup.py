@@ -33,6 +33,7 @@ setuptools.setup(
         "uvicorn>=0.29,<1",
         "pydantic>=2.5,<3",
         "prometheus_client>=0.20,<1",
+        "psutil>=5.9,<8",        # launch/soak.py: memory of the server and its workers
     ],
     extras_require={
         # torch is the conformance oracle only: the package itself never imports it.

@@ -100,6 +100,7 @@ def clip_lengths(prompt_len, output_len, max_context: int) -> tuple[np.ndarray, 
 def prepare_trace(trace_csv: str, tasks: Sequence[str], *, max_context: int,
                   num_requests: int | None = None, time_scale: float | None = None,
                   rate: float | None = None, seed: int = 0,
+                  max_prompt_len: int | None = None, max_output_len: int | None = None,
                   out_csv: str) -> dict[str, Any]:
   """Writes the exact requests both sides replay (module docstring) and returns a summary.
 
@@ -113,6 +114,8 @@ def prepare_trace(trace_csv: str, tasks: Sequence[str], *, max_context: int,
     rate: rescale time to this mean rate len / span in requests/s (`scale_to_rate`, applied
       after truncation). At most one of the two.
     seed: draws each request's task uniformly over `tasks` when the trace has no task column.
+    max_prompt_len, max_output_len: optional caps (tokens) applied to each length first,
+      e.g. the bounds the router was trained on (config.workload.max_prompt/output_len).
     out_csv: the CSV written (`arrived_at,num_prefill_tokens,num_decode_tokens,task`).
 
   Times are shifted so that the first request arrives at 0 s, then rounded to whole
@@ -149,7 +152,9 @@ def prepare_trace(trace_csv: str, tasks: Sequence[str], *, max_context: int,
     task = np.random.default_rng(seed).integers(0, len(tasks), size=n)
     tasks_from = "uniform"
   prompt0, output0 = trace.prompt_len[:n], trace.output_len[:n]
-  prompt, output = clip_lengths(prompt0, output0, max_context)
+  capped_p = prompt0 if max_prompt_len is None else np.minimum(prompt0, int(max_prompt_len))
+  capped_o = output0 if max_output_len is None else np.minimum(output0, int(max_output_len))
+  prompt, output = clip_lengths(capped_p, capped_o, max_context)
   path = _write_trace(out_csv, arrival_us, prompt, output, task, tasks)
   summary = _summary(path, arrival_us, prompt, output, task, tasks)
   summary.update(source=os.fspath(trace_csv), tasks_from=tasks_from, max_context=int(max_context),

@@ -183,7 +183,9 @@ def step_trace(opts: Options, out: str, profile: profile_lib.Profile, log) -> st
   summary = compare.prepare_trace(
       opts.trace, profile.tasks, max_context=int(opts.config.serve.max_len),
       num_requests=opts.num_requests, time_scale=opts.time_scale, rate=opts.rate,
-      seed=int(opts.config.get("seed", 0)), out_csv=path)
+      seed=int(opts.config.get("seed", 0)),
+      max_prompt_len=int(opts.config.workload.max_prompt_len),   # the router's training bounds
+      max_output_len=int(opts.config.workload.max_output_len), out_csv=path)
   io_util.write_text(out, "trace.json", json.dumps(summary, indent=2) + "\n")
   log(f"[2/5] trace: {summary['rows']} requests over {summary['span_s']:.1f} s "
       f"(mean {summary['mean_rate'] or 0:.2f} req/s) -> {path}")
