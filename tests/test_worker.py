@@ -129,6 +129,27 @@ def test_sampling_is_per_request_and_seeded(engine):
   assert other != alone
 
 
+def test_batched_admission_matches_alone(params, engine):
+  # Prompts of different buckets admitted in one iteration (one prefill_batch call) give
+  # the tokens they give alone: greedy = the reference, sampled = the same seeded stream.
+  long = tuple(range(3, 33))
+  loop = engine_loop.EngineLoop(engine, 0, 8)
+  loop.submit(P.Submit(rid=0, tokens=PROMPT, max_tokens=6, ignore_eos=True))
+  loop.submit(P.Submit(rid=1, tokens=long, max_tokens=6, ignore_eos=True, temperature=1.0,
+                       seed=3))
+  its = run(loop)
+  assert its[0].admitted == (0, 1)
+  got = {}
+  for it in its:
+    for rid, t, _ in it.tokens:
+      got.setdefault(rid, []).append(t)
+  assert got[0] == greedy_reference(params, PROMPT, 6)
+  alone = engine_loop.EngineLoop(engine, 0, 8)
+  alone.submit(P.Submit(rid=1, tokens=long, max_tokens=6, ignore_eos=True, temperature=1.0,
+                        seed=3))
+  assert [t for it in run(alone) for _, t, _ in it.tokens] == got[1]
+
+
 def test_warmup_compiles_everything(engine):
   loop = engine_loop.EngineLoop(engine, 0, 8)
   t = loop.warmup()

@@ -8,9 +8,10 @@ be unit-tested and profiled in-process.
   loop.submit(protocol.Submit(...))  # -> protocol.Rejected or None (queued)
   it = loop.step()                   # -> protocol.Iteration, or None when idle
 
-One `step()` is one iteration: admit waiting requests FIFO while slots are free; `prefill`
-each admitted request (its first token); if any request was running before admission, one
-`generate_step` (one more token each); `insert` the admitted prefixes; fetch the tokens to
+One `step()` is one iteration: admit waiting requests FIFO while slots are free; prefill all
+admitted requests in one `prefill_batch` call (their first tokens; one fixed cost per
+iteration, as the serving model charges); if any request was running before admission, one
+`generate_step` (one more token each); `insert_batch` the admitted prefixes; fetch the tokens to
 the host (blocking); a request completes when it has `max_tokens` tokens (LENGTH) or
 produced EOS (`config.eos_token_id`) with at least `min_tokens` tokens and not `ignore_eos`
 (STOP; an EOS that is also the `max_tokens`-th token is STOP, as OpenAI reports it); the
@@ -108,9 +109,10 @@ class EngineLoop:
     self.waiting.append(msg)
     return None
 
-  def _prefill(self, msg: protocol.Submit):
-    return self.engine.prefill(np.asarray(msg.tokens, np.int32), temperature=msg.temperature,
-                               top_p=msg.top_p, seed=msg.seed)
+  def _prefill(self, msgs):
+    return self.engine.prefill_batch(
+        [np.asarray(m.tokens, np.int32) for m in msgs], [float(m.temperature) for m in msgs],
+        [float(m.top_p) for m in msgs], [int(m.seed) for m in msgs])
 
   def step(self) -> protocol.Iteration | None:
     """One iteration (module docstring); None when idle (nothing running or waiting)."""
@@ -122,15 +124,18 @@ class EngineLoop:
     while self.waiting and self.free_slots:
       msg = self.waiting.popleft()
       admitted.append(_Running(msg, self.free_slots.pop(0)))
-    prefixes = [self._prefill(r.msg) for r in admitted]
+    prefix = self._prefill([r.msg for r in admitted]) if admitted else None
     before = list(self.running.values())
     decoded = None
     if before:
       self.state, toks, lps = eng.generate_step(self.state)
       decoded = (toks, lps)
-    for r, prefix in zip(admitted, prefixes):
-      self.state = eng.insert(prefix, self.state, r.slot)
-    decoded, firsts = jax.device_get((decoded, [(p.token, p.logprob) for p in prefixes]))
+    firsts = []
+    if admitted:
+      self.state = eng.insert_batch(prefix, self.state, [r.slot for r in admitted])
+      firsts = (prefix.token, prefix.logprob)
+    decoded, firsts = jax.device_get((decoded, firsts))
+    firsts = list(zip(*firsts))[:len(admitted)] if admitted else []
     produced = []
     if decoded is not None:
       toks, lps = decoded
@@ -158,18 +163,22 @@ class EngineLoop:
         finished=tuple(finished), running=len(self.running), waiting=len(self.waiting))
 
   def warmup(self) -> float:
-    """Compiles every shape the loop runs (prefill + insert at every bucket, generate_step,
-    free, with greedy and sampled rows), then resets to a fresh state. Returns seconds."""
+    """Compiles every shape the loop runs (prefill_batch + insert_batch at every (bucket,
+    batch size), generate_step, free, with greedy and sampled rows), then resets to a fresh
+    state. Returns seconds."""
     if not self.idle:
       raise RuntimeError("EngineLoop.warmup: only an idle loop can warm up")
     t0 = time.perf_counter()
     eng = self.engine
     for i, bucket in enumerate(eng.buckets):
       length = min(bucket, eng.max_len - 1)
-      prefix = eng.prefill(np.full((length,), 3, np.int32), temperature=float(i % 2),
-                           top_p=1.0 - 0.5 * (i % 2), seed=i)
-      self.state = eng.insert(prefix, self.state, i % eng.num_slots)
-      jax.device_get((prefix.token, prefix.logprob))
+      for rows in eng.batch_sizes:
+        prefix = eng.prefill_batch([np.full((length,), 3, np.int32)] * rows,
+                                   [float((i + r) % 2) for r in range(rows)],
+                                   [1.0 - 0.5 * ((i + r) % 2) for r in range(rows)],
+                                   list(range(rows)))
+        self.state = eng.insert_batch(prefix, self.state, list(range(rows)))
+        jax.device_get((prefix.token, prefix.logprob))
     self.state, toks, lps = eng.generate_step(self.state)
     jax.device_get((toks, lps))
     for slot in range(eng.num_slots):
@@ -183,4 +192,5 @@ class EngineLoop:
     """Executables compiled so far by the engine's jitted functions (a test hook: it must
     not grow after `warmup`)."""
     eng = self.engine
-    return sum(f._cache_size() for f in (eng._prefill, eng._insert, eng._generate, eng._free))
+    return sum(f._cache_size() for f in (eng._prefill, eng._insert, eng._prefill_batch,
+                                         eng._insert_batch, eng._generate, eng._free))
