@@ -129,16 +129,25 @@ def test_sampling_is_per_request_and_seeded(engine):
   assert other != alone
 
 
-def test_batched_admission_matches_alone(params, engine):
-  # Prompts of different buckets admitted in one iteration (one prefill_batch call) give
-  # the tokens they give alone: greedy = the reference, sampled = the same seeded stream.
+@pytest.mark.parametrize("split", [True, False])
+def test_batched_admission_matches_alone(params, engine, monkeypatch, split):
+  # Prompts of different buckets admitted in one iteration (one prefill_batch call per
+  # bucket, or one for both) give the tokens they give alone: greedy = the reference,
+  # sampled = the same seeded stream.
   long = tuple(range(3, 33))
-  loop = engine_loop.EngineLoop(engine, 0, 8)
+  calls = []
+  prefill_batch = engine.prefill_batch
+  monkeypatch.setattr(engine, "prefill_batch", lambda ps, *a: calls.append(
+      [len(p) for p in ps]) or prefill_batch(ps, *a))
+  loop = engine_loop.EngineLoop(engine, 0, 8, split_buckets=split)
   loop.submit(P.Submit(rid=0, tokens=PROMPT, max_tokens=6, ignore_eos=True))
   loop.submit(P.Submit(rid=1, tokens=long, max_tokens=6, ignore_eos=True, temperature=1.0,
                        seed=3))
+  loop.submit(P.Submit(rid=2, tokens=PROMPT[:2], max_tokens=1, ignore_eos=True))
   its = run(loop)
-  assert its[0].admitted == (0, 1)
+  assert [it.admitted for it in its if it.admitted] == [(0, 1), (2,)]
+  assert calls == ([[3], [30], [2]] if split else [[3, 30], [2]])
+  monkeypatch.undo()
   got = {}
   for it in its:
     for rid, t, _ in it.tokens:

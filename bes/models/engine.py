@@ -10,10 +10,14 @@ simulator models an instance (design page "Execution"):
   state, tokens, logprobs = engine.generate_step(state, key)  # one token per active slot
   state = engine.free(state, slot=3)             # the request left; slot 3 is free again
 
-One simulator iteration maps onto the engine as: `prefill` each admitted request (its first
-token), `generate_step` once (one more token for every request that was already running),
-then `insert` the admitted prefixes, so that every request gains exactly one token per
-iteration as the design page says; `free` the slots of requests that completed.
+  prefixes = engine.prefill_batch([p0, p1], temperatures, top_ps, seeds)  # one call, K rows
+  state = engine.insert_batch(prefixes, state, slots=[0, 5])             # one call, K slots
+
+One simulator iteration maps onto the engine as: `prefill_batch` the admitted requests (their
+first tokens; one call, so one fixed cost, as the serving model charges), `generate_step`
+once (one more token for every request that was already running), then `insert_batch` the
+admitted prefixes, so that every request gains exactly one token per iteration as the design
+page says; `free` the slots of requests that completed.
 
 Every function is a jitted pure function of a typed `DecodeState` (a `flax.struct.dataclass`
 pytree); `insert`, `generate_step` and `free` donate the state's buffers, so the caller must
@@ -22,6 +26,9 @@ use the returned state and never the one passed in.
 Choices:
   * Prompts are right-padded to a length bucket (powers of two from 16, and `max_len`
     itself), so `prefill` and `insert` compile once per bucket, not once per prompt length.
+    `prefill_batch` pads K prompts to the longest one's bucket and K to a power of two (or
+    num_slots): one compilation per (bucket, batch size), len(buckets) * ~log2(num_slots);
+    its padding rows are one pad token, greedy, and `insert_batch` skips them (slot -1).
     A prompt's KV occupies cache entries 0..P-1 of its slot, and the token fed at a step goes
     to entry `cache_len`: a slot's valid cache region is always the prefix 0..cache_len-1,
     so its attention mask is `arange(max_len) < cache_len` (+ the new entry).
