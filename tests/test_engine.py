@@ -167,3 +167,67 @@ def test_bad_construction_is_refused(params):
   with pytest.raises(ValueError, match="slot"):
     eng.free(eng.init_decode_state(), 2)
 
+
+
+def test_prefill_batch_matches_prefill_row_by_row(engine):
+  # Three prompts of different lengths (buckets 16 and 32: padded to 32), batch padded to 3
+  # rows (num_slots); greedy and sampled rows with seeds; then two prompts (2 rows).
+  prompts = [prompt(10, 5), prompt(11, 20), prompt(12, 1)]
+  temps, top_ps, seeds = [0.0, 1.3, 0.7], [1.0, 0.9, 1.0], [0, 5, 2**32 + 7]
+  batch = engine.prefill_batch(prompts, temps, top_ps, seeds)
+  assert engine.batch_sizes == (1, 2, 3) and batch.token.shape == (3,)
+  assert batch.k.shape == (3, CONFIG.num_hidden_layers, 32, 4, 8)
+  singles = [engine.prefill(p, temperature=t, top_p=q, seed=s)
+             for p, t, q, s in zip(prompts, temps, top_ps, seeds)]
+  for i, one in enumerate(singles):
+    assert int(batch.token[i]) == int(one.token), i
+    np.testing.assert_allclose(float(batch.logprob[i]), float(one.logprob), atol=1e-5)
+    n = len(prompts[i])
+    np.testing.assert_allclose(batch.k[i, :, :n], one.k[:, :n], atol=1e-5)
+    assert int(batch.length[i]) == n and int(batch.seed[i]) == int(one.seed)
+  two = engine.prefill_batch(prompts[1:], temps[1:], top_ps[1:], seeds[1:])
+  assert two.token.shape == (2,)
+  np.testing.assert_array_equal(two.token, batch.token[1:])
+  # The padded row of a 3-prompt batch at 4 slots is there and ignored.
+  eng4 = engine_lib.Engine(engine.params, CONFIG, num_slots=4, max_len=MAX_LEN)
+  b4 = eng4.prefill_batch(prompts, temps, top_ps, seeds)
+  assert b4.token.shape == (4,) and eng4.batch_sizes == (1, 2, 4)
+  np.testing.assert_array_equal(b4.token[:3], batch.token)
+
+
+def test_insert_batch_equals_inserts_and_decodes_like_them(engine, params):
+  prompts = [prompt(13, 7), prompt(14, 18)]
+  state_a = engine.insert(engine.prefill(prompts[0], seed=0), engine.init_decode_state(), 2)
+  state_a = engine.insert(engine.prefill(prompts[1], seed=0), state_a, 0)
+  batch = engine.prefill_batch(prompts)
+  with pytest.raises(ValueError, match="distinct"):
+    engine.insert_batch(batch, engine.init_decode_state(), [1, 1])
+  state_b = engine.insert_batch(batch, engine.init_decode_state(), [2, 0])
+  for name in ("next_token", "position", "cache_len", "active", "generated", "temperature",
+               "top_p", "seed"):
+    np.testing.assert_array_equal(getattr(state_a, name), getattr(state_b, name), name)
+  for slot, n in ((2, 7), (0, 18)):  # entries past the prompt are padding (masked)
+    np.testing.assert_allclose(state_a.cache.k[:, slot, :n], state_b.cache.k[:, slot, :n],
+                               atol=1e-5)
+    np.testing.assert_allclose(state_a.cache.v[:, slot, :n], state_b.cache.v[:, slot, :n],
+                               atol=1e-5)
+  # A padded row (slot -1) writes nothing: slot 1 stays free and zero.
+  assert not bool(state_b.active[1]) and not np.asarray(state_b.cache.k[:, 1]).any()
+  got = {0: [int(batch.token[1])], 2: [int(batch.token[0])]}
+  for _ in range(5):
+    state_b, toks, _ = engine.generate_step(state_b)
+    for s in got:
+      got[s].append(int(toks[s]))
+  assert got[2] == reference(params, prompts[0], 6)[0]
+  assert got[0] == reference(params, prompts[1], 6)[0]
+
+
+def test_prefill_batch_refuses_bad_input(engine):
+  with pytest.raises(ValueError, match="num_slots"):
+    engine.prefill_batch([[5]] * 4)
+  with pytest.raises(ValueError, match="prompt length"):
+    engine.prefill_batch([[5], []])
+  with pytest.raises(ValueError, match="top_p"):
+    engine.prefill_batch([[5]], [0.0], [0.0], [0])
+  with pytest.raises(ValueError, match="one entry per prompt"):
+    engine.prefill_batch([[5], [6]], [0.0])

@@ -129,6 +129,36 @@ def test_sampling_is_per_request_and_seeded(engine):
   assert other != alone
 
 
+@pytest.mark.parametrize("split", [True, False])
+def test_batched_admission_matches_alone(params, engine, monkeypatch, split):
+  # Prompts of different buckets admitted in one iteration (one prefill_batch call per
+  # bucket, or one for both) give the tokens they give alone: greedy = the reference,
+  # sampled = the same seeded stream.
+  long = tuple(range(3, 33))
+  calls = []
+  prefill_batch = engine.prefill_batch
+  monkeypatch.setattr(engine, "prefill_batch", lambda ps, *a: calls.append(
+      [len(p) for p in ps]) or prefill_batch(ps, *a))
+  loop = engine_loop.EngineLoop(engine, 0, 8, split_buckets=split)
+  loop.submit(P.Submit(rid=0, tokens=PROMPT, max_tokens=6, ignore_eos=True))
+  loop.submit(P.Submit(rid=1, tokens=long, max_tokens=6, ignore_eos=True, temperature=1.0,
+                       seed=3))
+  loop.submit(P.Submit(rid=2, tokens=PROMPT[:2], max_tokens=1, ignore_eos=True))
+  its = run(loop)
+  assert [it.admitted for it in its if it.admitted] == [(0, 1), (2,)]
+  assert calls == ([[3], [30], [2]] if split else [[3, 30], [2]])
+  monkeypatch.undo()
+  got = {}
+  for it in its:
+    for rid, t, _ in it.tokens:
+      got.setdefault(rid, []).append(t)
+  assert got[0] == greedy_reference(params, PROMPT, 6)
+  alone = engine_loop.EngineLoop(engine, 0, 8)
+  alone.submit(P.Submit(rid=1, tokens=long, max_tokens=6, ignore_eos=True, temperature=1.0,
+                        seed=3))
+  assert [t for it in run(alone) for _, t, _ in it.tokens] == got[1]
+
+
 def test_warmup_compiles_everything(engine):
   loop = engine_loop.EngineLoop(engine, 0, 8)
   t = loop.warmup()

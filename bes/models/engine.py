@@ -10,10 +10,14 @@ simulator models an instance (design page "Execution"):
   state, tokens, logprobs = engine.generate_step(state, key)  # one token per active slot
   state = engine.free(state, slot=3)             # the request left; slot 3 is free again
 
-One simulator iteration maps onto the engine as: `prefill` each admitted request (its first
-token), `generate_step` once (one more token for every request that was already running),
-then `insert` the admitted prefixes, so that every request gains exactly one token per
-iteration as the design page says; `free` the slots of requests that completed.
+  prefixes = engine.prefill_batch([p0, p1], temperatures, top_ps, seeds)  # one call, K rows
+  state = engine.insert_batch(prefixes, state, slots=[0, 5])             # one call, K slots
+
+One simulator iteration maps onto the engine as: `prefill_batch` the admitted requests (their
+first tokens; one call, so one fixed cost, as the serving model charges), `generate_step`
+once (one more token for every request that was already running), then `insert_batch` the
+admitted prefixes, so that every request gains exactly one token per iteration as the design
+page says; `free` the slots of requests that completed.
 
 Every function is a jitted pure function of a typed `DecodeState` (a `flax.struct.dataclass`
 pytree); `insert`, `generate_step` and `free` donate the state's buffers, so the caller must
@@ -22,6 +26,9 @@ use the returned state and never the one passed in.
 Choices:
   * Prompts are right-padded to a length bucket (powers of two from 16, and `max_len`
     itself), so `prefill` and `insert` compile once per bucket, not once per prompt length.
+    `prefill_batch` pads K prompts to the longest one's bucket and K to a power of two (or
+    num_slots): one compilation per (bucket, batch size), len(buckets) * ~log2(num_slots);
+    its padding rows are one pad token, greedy, and `insert_batch` skips them (slot -1).
     A prompt's KV occupies cache entries 0..P-1 of its slot, and the token fed at a step goes
     to entry `cache_len`: a slot's valid cache region is always the prefix 0..cache_len-1,
     so its attention mask is `arange(max_len) < cache_len` (+ the new entry).
@@ -165,6 +172,47 @@ def _prefill(params, tokens, length, key, temperature, top_p, seed, *, config: O
                 logprob=logprob[0], temperature=temperature, top_p=top_p, seed=seed)
 
 
+def _prefill_batch(params, tokens, lengths, key, temperature, top_p, seed, *,
+                   config: OPTConfig, dtype):
+  """Batched `_prefill`: tokens int32 [K, L] right-padded, lengths int32 [K] (>= 1);
+  temperature, top_p float32 [K], seed uint32 [K]. Returns a Prefix with a leading K axis."""
+  k_rows, bucket = tokens.shape
+  mask = jnp.arange(bucket)[None] < lengths[:, None]
+  cache = opt.init_cache(config, k_rows, bucket, dtype)
+  logits, cache = opt.forward(params, config, tokens, opt.opt_positions(mask), cache,
+                              jnp.zeros((k_rows,), jnp.int32), mask)
+  last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+  keys = _row_keys(key, seed, jnp.zeros((k_rows,), jnp.int32))
+  token, logprob = _sample(last, keys, temperature, top_p)
+  return Prefix(k=jnp.moveaxis(cache.k, 1, 0), v=jnp.moveaxis(cache.v, 1, 0), length=lengths,
+                token=token, logprob=logprob, temperature=temperature, top_p=top_p, seed=seed)
+
+
+def _insert_batch(prefix: Prefix, state: DecodeState, slots) -> DecodeState:
+  """`state` with row i of the batched `prefix` written into slot slots[i] (int32 [K]);
+  rows with slots[i] < 0 are skipped (scatters with out-of-range indices dropped)."""
+  num_slots = state.active.shape[0]
+  idx = jnp.where(slots < 0, num_slots, slots)  # out of range: dropped
+  bucket = prefix.k.shape[2]
+  dtype = state.cache.k.dtype
+  put = lambda a, vals: a.at[idx].set(vals, mode="drop")
+  cache = opt.KVCache(
+      k=state.cache.k.at[:, idx, :bucket].set(
+          jnp.moveaxis(prefix.k, 0, 1).astype(dtype), mode="drop"),
+      v=state.cache.v.at[:, idx, :bucket].set(
+          jnp.moveaxis(prefix.v, 0, 1).astype(dtype), mode="drop"))
+  return DecodeState(
+      cache=cache,
+      next_token=put(state.next_token, prefix.token),
+      position=put(state.position, prefix.length),
+      cache_len=put(state.cache_len, prefix.length),
+      active=put(state.active, True),
+      generated=put(state.generated, 1),
+      temperature=put(state.temperature, prefix.temperature),
+      top_p=put(state.top_p, prefix.top_p),
+      seed=put(state.seed, prefix.seed))
+
+
 def _insert(prefix: Prefix, state: DecodeState, slot) -> DecodeState:
   """`state` with `prefix` written into slot `slot` (int32 []) and the slot active."""
   start = (0, slot, 0, 0, 0)
@@ -258,6 +306,14 @@ class Engine:
     self._key0 = jax.random.key(0)
     self._prefill = jax.jit(functools.partial(_prefill, config=config, dtype=self.dtype))
     self._insert = jax.jit(_insert, donate_argnums=(1,))
+    self._prefill_batch = jax.jit(functools.partial(_prefill_batch, config=config,
+                                                    dtype=self.dtype))
+    self._insert_batch = jax.jit(_insert_batch, donate_argnums=(1,))
+    sizes, k = [], 1
+    while k < num_slots:
+      sizes.append(k)
+      k *= 2
+    self.batch_sizes = tuple(sizes) + (num_slots,)
     self._free = jax.jit(functools.partial(_free, pad_token_id=config.pad_token_id),
                          donate_argnums=(0,))
     self._generate = jax.jit(functools.partial(_generate_step, config=config),
@@ -291,16 +347,8 @@ class Engine:
     `key` (a PRNG key) is required when neither `temperature` nor `seed` is given and the
     engine's temperature is > 0 (the older API); else it defaults to `jax.random.key(0)`.
     """
-    tokens = np.asarray(tokens).reshape(-1)
+    tokens = self._check_prompt(tokens, "prefill")
     length = tokens.shape[0]
-    if not 1 <= length < self.max_len:
-      raise ValueError(f"Engine.prefill: prompt length must be in [1, max_len - 1 = "
-                       f"{self.max_len - 1}] tokens, got {length}")
-    if not np.issubdtype(tokens.dtype, np.integer):
-      raise ValueError(f"Engine.prefill: tokens must be integers, got dtype {tokens.dtype}")
-    if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
-      raise ValueError(f"Engine.prefill: token ids must be in [0, {self.config.vocab_size}), "
-                       f"got min {tokens.min()} max {tokens.max()}")
     if temperature is None:
       temperature = self.temperature
       if seed is None:
@@ -319,6 +367,70 @@ class Engine:
     return self._prefill(self.params, padded, np.int32(length), key,
                          np.float32(temperature), np.float32(top_p), seed)
 
+  def batch_size_for(self, count: int) -> int:
+    """The padded batch size (rows) `prefill_batch` runs `count` prompts at."""
+    return next(b for b in self.batch_sizes if b >= count)
+
+  def prefill_batch(self, prompts: Sequence[Sequence[int] | np.ndarray],
+                    temperatures: Sequence[float] | None = None,
+                    top_ps: Sequence[float] | None = None,
+                    seeds: Sequence[int] | None = None) -> Prefix:
+    """`prefill` of K = len(prompts) prompts (1 <= K <= num_slots) in one jitted call.
+
+    The prompts are right-padded to the bucket of the longest one and the batch to
+    `batch_size_for(K)` rows (a power of two, or num_slots), so there is one compilation per
+    (bucket, batch size). Returns a Prefix with a leading axis of that many rows: row i < K
+    is prompt i's, rows >= K are padding (insert them at slot -1, i.e. not at all).
+    temperatures (default: the engine's), top_ps (default 1) and seeds (default 0; taken mod
+    2**32) are per prompt. Row i equals `prefill(prompts[i], temperature=..., top_p=...,
+    seed=...)`: the same first token (the same PRNG stream, "Random streams") and logprob up
+    to float rounding.
+    """
+    count = len(prompts)
+    if not 1 <= count <= self.num_slots:
+      raise ValueError(f"Engine.prefill_batch: need 1 to num_slots={self.num_slots} prompts, "
+                       f"got {count}")
+    prompts = [self._check_prompt(p, "prefill_batch") for p in prompts]
+    temperatures = ([self.temperature] * count if temperatures is None
+                    else [float(t) for t in temperatures])
+    top_ps = [1.0] * count if top_ps is None else [float(t) for t in top_ps]
+    seeds = [0] * count if seeds is None else [int(s) for s in seeds]
+    if not len(temperatures) == len(top_ps) == len(seeds) == count:
+      raise ValueError("Engine.prefill_batch: temperatures, top_ps and seeds must have one "
+                       "entry per prompt")
+    for t, p in zip(temperatures, top_ps):
+      if not (t >= 0.0 and np.isfinite(t)):
+        raise ValueError(f"Engine.prefill_batch: temperature must be a finite number >= 0, "
+                         f"got {t}")
+      if not 0.0 < p <= 1.0:
+        raise ValueError(f"Engine.prefill_batch: top_p must be in (0, 1], got {p}")
+    rows = self.batch_size_for(count)
+    bucket = self.bucket_for(max(len(p) for p in prompts))
+    tokens = np.full((rows, bucket), self.config.pad_token_id, np.int32)
+    lengths = np.ones((rows,), np.int32)  # padding rows: one pad token, greedy
+    temp = np.zeros((rows,), np.float32)
+    top = np.ones((rows,), np.float32)
+    seed = np.zeros((rows,), np.uint32)
+    for i, p in enumerate(prompts):
+      tokens[i, :len(p)] = p
+      lengths[i], temp[i], top[i], seed[i] = len(p), temperatures[i], top_ps[i], seeds[i] % 2**32
+    return self._prefill_batch(self.params, tokens, lengths, self._key0, temp, top, seed)
+
+  def insert_batch(self, prefix: Prefix, state: DecodeState, slots: Sequence[int]
+                   ) -> DecodeState:
+    """Places row i of a `prefill_batch` result in slot slots[i] in one jitted call; rows
+    beyond len(slots), or with slot -1, are skipped; donates `state`."""
+    rows = prefix.token.shape[0]
+    if len(slots) > rows:
+      raise ValueError(f"Engine.insert_batch: {len(slots)} slots for {rows} rows")
+    padded = np.full((rows,), -1, np.int32)
+    for i, s in enumerate(slots):
+      padded[i] = -1 if s == -1 else self._check_slot(s, "insert_batch")
+    real = padded[padded >= 0]
+    if len(set(real.tolist())) != len(real):
+      raise ValueError(f"Engine.insert_batch: slots must be distinct, got {list(slots)}")
+    return self._insert_batch(prefix, state, padded)
+
   def insert(self, prefix: Prefix, state: DecodeState, slot: int) -> DecodeState:
     """Places `prefix` in slot `slot` (replacing whatever ran there); donates `state`."""
     return self._insert(prefix, state, np.int32(self._check_slot(slot, "insert")))
@@ -336,6 +448,19 @@ class Engine:
   def free(self, state: DecodeState, slot: int) -> DecodeState:
     """Marks slot `slot` free; donates `state`."""
     return self._free(state, np.int32(self._check_slot(slot, "free")))
+
+  def _check_prompt(self, tokens, what: str) -> np.ndarray:
+    tokens = np.asarray(tokens).reshape(-1)
+    length = tokens.shape[0]
+    if not 1 <= length < self.max_len:
+      raise ValueError(f"Engine.{what}: prompt length must be in [1, max_len - 1 = "
+                       f"{self.max_len - 1}] tokens, got {length}")
+    if not np.issubdtype(tokens.dtype, np.integer):
+      raise ValueError(f"Engine.{what}: tokens must be integers, got dtype {tokens.dtype}")
+    if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
+      raise ValueError(f"Engine.{what}: token ids must be in [0, {self.config.vocab_size}), "
+                       f"got min {tokens.min()} max {tokens.max()}")
+    return tokens
 
   def _check_slot(self, slot: int, what: str) -> int:
     if not 0 <= int(slot) < self.num_slots:

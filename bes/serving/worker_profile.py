@@ -3,8 +3,9 @@
 `profile_worker(spec, lengths, repeats, warmup)` spawns a process pinned exactly like a
 worker (`worker.pin_process`: same cores, single-threaded XLA on CPU), builds and warms up
 the instance's `EngineLoop` (`worker.build_loop`), and times whole iterations
-(`Iteration.end - Iteration.start`: admission, prefills, decode, inserts, the host fetch of
-the tokens, frees), medians over `repeats` after `warmup` untimed ones:
+(`Iteration.end - Iteration.start`: admission, the batched prefill, decode, the batched
+insert, the host fetch of the tokens, frees), medians over `repeats` after `warmup`
+untimed ones:
 
   * decode_step_s[b-1]: an iteration with b requests running and none admitted
     (b = 1..max_batch, requests with ignore_eos and enough max_tokens; short prompts). The
@@ -16,8 +17,11 @@ the tokens, frees), medians over `repeats` after `warmup` untimed ones:
     loop runs no decode step in it, so the line is fitted (`latency.fit_prefill`) to the
     measured times minus decode_step_s[0]: the model then predicts the measured iteration.
   * admit_k: an iteration admitting k requests of one length at once (nothing running),
-    measured against the model's tau(k) + fixed + per_token * k * p (the model charges one
-    fixed cost per iteration; the loop prefills each admitted request separately).
+    measured against the model's tau(k) + fixed + per_token * k * p. The model charges one
+    fixed cost per iteration, and so does the loop: it prefills all admitted requests in one
+    `prefill_batch` call (k rows padded to a power of two, at the bucket of the longest).
+    The prefill line itself is fitted to k = 1 admissions (one row), which run that same
+    call; a k that is not a power of two pays for the padded rows.
 Rounds are interleaved (every b / length / k once per round) so a busy period of a shared
 machine hits every entry alike.
 """
