@@ -12,10 +12,16 @@ untimed ones:
     engine decodes all max_batch slots densely, so this hardly depends on b: that is what
     this engine does, and the profile says so.
   * admission of one request of each prompt length in `lengths`, nothing else running (the
-    request has max_tokens 1, so the iteration is prefill + insert + free). The serving model
-    charges such an iteration tau(1) + prefill_s_fixed + prefill_s_per_token * p, but the
-    loop runs no decode step in it, so the line is fitted (`latency.fit_prefill`) to the
-    measured times minus decode_step_s[0]: the model then predicts the measured iteration.
+    request has max_tokens 1, so the iteration is prefill + insert + free): the prefill line
+    prefill_s_fixed + prefill_s_per_token * p is fitted (`latency.fit_prefill`) to these
+    times, i.e. to what a prefill costs. Where the serving model and this loop differ: the
+    model charges every admitting iteration tau(b) + prefill; the loop's iteration that
+    admits into a running batch costs exactly that (one decode step + the prefill), but one
+    that admits into an idle instance runs no decode step (the admitted get their first
+    token from the prefill), so the simulator overcharges it by tau(b): once per busy
+    period, about 1/n of a request's latency at low load, nothing under load. (Fitting the
+    line to the times minus tau(1) instead would make that case exact but undercharge every
+    admission under load, and on CPU it drove the fitted fixed cost below 0.)
   * admit_k: an iteration admitting k requests of one length at once (nothing running),
     measured against the model's tau(k) + fixed + per_token * k * p. The model charges one
     fixed cost per iteration, and so does the loop: it prefills all admitted requests in one
@@ -97,8 +103,8 @@ def measure(loop, lengths, repeats: int, warmup: int, admit_counts=(1, 2, 4),
     return [statistics.median(t) for t in times]
 
   admit_s = admission([(1, n) for n in lengths])
-  fixed, per_token = latency.fit_prefill(lengths, [t - decode_s[0] for t in admit_s])
-  raw_fixed, raw_per_token = latency.fit_prefill(lengths, admit_s)
+  fixed, per_token = latency.fit_prefill(lengths, admit_s)
+  minus_fixed, minus_per_token = latency.fit_prefill(lengths, [t - decode_s[0] for t in admit_s])
   admit_length = admit_length or lengths[len(lengths) // 2]
   counts = [k for k in admit_counts if k <= batch]
   admit_k_s = admission([(k, admit_length) for k in counts])
@@ -108,7 +114,7 @@ def measure(loop, lengths, repeats: int, warmup: int, admit_counts=(1, 2, 4),
       "raw": {
           "prefill_lengths": lengths, "padded_lengths": [eng.bucket_for(n) for n in lengths],
           "admit_iteration_s": admit_s,
-          "admit_fit_without_decode": [raw_fixed, raw_per_token],
+          "admit_fit_minus_decode": [minus_fixed, minus_per_token],
           "admit_k": [{"k": k, "length": admit_length, "measured_s": t,
                        "model_s": decode_s[k - 1] + fixed + per_token * k * admit_length}
                       for k, t in zip(counts, admit_k_s)],
