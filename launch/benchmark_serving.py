@@ -97,12 +97,19 @@ def http_notes(s: dict, rate: float) -> list[str]:
                  "than one core).")
   done = s["completion_rate"] or 0.0
   if done < 0.9 * rate:
-    notes.append(f"The server completed {done:.0f} requests/s of the {rate:.0f} offered: on "
-                 "this machine the HTTP path (one Python event loop for the client and one for "
-                 "the server, sharing 2 cores with the workers and other sessions) saturates "
-                 "far below 1,000 requests/s, so requests queue in front of the server's "
-                 "event loop (before `Frontend.submit` sees them) and the client latency is "
-                 "mostly that wait, not routing: compare the server-side `decision_us`.")
+    client, srv_cpu = s.get("client_cpu_share", 0.0), s.get("server_main_cpu_share", 0.0)
+    who = ("the client's event loop (near a full core while the server's used less)"
+           if client > max(0.8, srv_cpu) else
+           "the server's event loop" if srv_cpu > max(0.8, client) else
+           "neither event loop alone (both below a full core: the 2 cores are shared with the "
+           "workers and other sessions)")
+    notes.append(f"Only {done:.0f} requests/s completed of the {rate:.0f} offered (sent: "
+                 f"{s['achieved_send_rate'] or 0:.0f}/s): on this machine the HTTP path "
+                 f"saturates far below 1,000 requests/s, limited by {who}. Requests wait "
+                 "before `Frontend.submit` sees them (in the client and in the sockets), so "
+                 "the client latency is that wait, not routing: the server-side "
+                 "`decision_us` above is the routing overhead per request, and it is inflated "
+                 "too by the server's event loop sharing its core with the client.")
   return notes
 
 

@@ -479,27 +479,35 @@ def _standalone_child(spec, prompt_len: int, max_tokens: int, concurrency: int,
 
 def standalone_throughput(spec, *, prompt_len: int, max_tokens: int, concurrency: int,
                           warmup_s: float, window_s: float, env: dict | None = None) -> dict:
-  """EngineLoop tokens/s in a spawned child pinned as the worker (module docstring)."""
-  ctx = multiprocessing.get_context("spawn")
-  recv, send = ctx.Pipe(duplex=False)
-  saved = dict(os.environ)
-  os.environ.update(env or {})
+  """EngineLoop tokens/s in a child process pinned as the worker (module docstring). The child
+  is started in its own session, as the server (and so its workers) is: with the kernel's
+  autogroup scheduling a session is a scheduling group, so both get the same treatment."""
+  import pickle  # pylint: disable=import-outside-toplevel
+  child_env = dict(os.environ, **(env or {}))
+  child_env["PYTHONPATH"] = ROOT + os.pathsep + child_env.get("PYTHONPATH", "")
+  args = (spec, prompt_len, max_tokens, concurrency, warmup_s, window_s)
+  r = subprocess.run([sys.executable, "-m", "bes.serving.benchmark"], input=pickle.dumps(args),
+                     capture_output=True, cwd=ROOT, env=child_env, start_new_session=True,
+                     timeout=600)
   try:
-    proc = ctx.Process(target=_standalone_child, args=(spec, prompt_len, max_tokens,
-                                                       concurrency, warmup_s, window_s, send))
-    proc.start()
-  finally:
-    os.environ.clear()
-    os.environ.update(saved)
-  send.close()
-  try:
-    result = recv.recv()
-  except EOFError:
-    result = dict(error=f"standalone child died (exit {proc.exitcode})")
-  proc.join(30)
+    result = json.loads(r.stdout.decode().strip().splitlines()[-1])
+  except (ValueError, IndexError):
+    result = dict(error=f"standalone child exited {r.returncode}: "
+                        f"{r.stderr.decode()[-1500:]}")
   if "error" in result:
     raise RuntimeError(f"standalone EngineLoop: {result['error']}")
   return result
+
+
+class _StdoutConn:
+  """The child's result channel: one JSON line on stdout."""
+
+  def send(self, obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+  def close(self):
+    pass
 
 
 async def served_throughput(url: str, *, model: str, prompt_len: int, max_tokens: int,
@@ -657,3 +665,8 @@ def markdown(res: dict) -> str:
               f"**{t['ratio_per_cpu_s']:.1%}** | | | |", ""]
     lines += [f"* {n}" for n in t.get("notes", [])] + [""]
   return "\n".join(lines)
+
+
+if __name__ == "__main__":   # the standalone child (standalone_throughput)
+  import pickle  # pylint: disable=import-outside-toplevel
+  _standalone_child(*pickle.loads(sys.stdin.buffer.read()), _StdoutConn())
