@@ -47,12 +47,14 @@ def test_summarize_burst():
 
 
 def test_mean_runs_and_busy_fraction():
-  m = bm.mean_runs([dict(a=1.0, b=2, c="x"), dict(a=3.0, b=4, c="y")])
-  assert m == dict(a=2.0, b=3.0)
+  m = bm.median_runs([dict(a=1.0, b=2, c="x"), dict(a=3.0, b=4, c="y"), dict(a=9.0, b=5, c="z")])
+  assert m == dict(a=3.0, b=4.0)
   assert bm.busy_fraction((10, 100), (40, 200)) == pytest.approx(0.3)
   busy, total = bm.core_jiffies(0)
   assert 0 <= busy <= total
   assert bm.proc_cpu_s() > 0
+  aff = bm.thread_affinities(os.getpid())
+  assert sum(aff.values()) >= 1 and all(isinstance(k, str) for k in aff)
 
 
 def test_check_positive():
@@ -98,9 +100,11 @@ def _result():
                     server_queue_ms=p, outside_server_ms=p)),
       throughput=dict(model="cpu-small", max_batch=8, max_len=256, concurrency=16,
                       prompt_len=16, max_tokens=128, warmup_s=3.0, window_s=15.0,
-                      standalone_runs=[run, run], standalone=run,
+                      repeats=2, standalone_runs=[run, run], standalone=run,
                       served=dict(run, completions=5, statuses={"200": 5},
                                   server_cpu_share=0.05),
+                      served_runs=[dict(run, completions=5, statuses={"200": 5},
+                                        server_cpu_share=0.05)] * 2,
                       ratio=0.95, ratio_per_cpu_s=0.97))
 
 
@@ -109,6 +113,8 @@ def test_markdown_has_command_and_numbers():
   assert "Command: `python launch/benchmark_serving.py --out=x`" in md
   assert "| round_robin | 10 | 999 | 1 | 2 | 3 | 4 | 1 | 1 / 1 / 1 |" in md
   assert "**95.0%**" in md and "**97.0%**" in md
+  assert md.index("standalone EngineLoop, run 1") < md.index("served over HTTP, run 1") \
+      < md.index("standalone EngineLoop, run 2")
   assert "* learned: skipped" in md and "* a note" in md
   json.dumps(_result())   # the JSON side is plain data
 
@@ -126,6 +132,7 @@ def test_markdown_parts_are_optional():
     ("--http_requests=0", "--http_requests: expected an integer > 0"),
     ("--max_tokens=300", "--prompt_len + --max_tokens: must be <= 256"),
     ("--concurrency=-1", "--concurrency: expected an integer >= 0"),
+    ("--repeats=0", "--repeats: expected an integer > 0"),
 ])
 def test_flag_errors(flag, message, tmp_path):
   r = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "benchmark_serving.py"),

@@ -106,6 +106,19 @@ def proc_cpu_s(pid: int | str = "self") -> float:
   return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_affinities(pid: int) -> dict[str, int]:
+  """{Cpus_allowed_list: number of threads} over the threads of process `pid`."""
+  out: dict[str, int] = {}
+  for task in os.listdir(f"/proc/{pid}/task"):
+    try:
+      with open(f"/proc/{pid}/task/{task}/status") as f:
+        allowed = next(l.split(":", 1)[1].strip() for l in f if l.startswith("Cpus_allowed_list"))
+    except (OSError, StopIteration):
+      continue
+    out[allowed] = out.get(allowed, 0) + 1
+  return out
+
+
 def core_jiffies(core: int) -> tuple[int, int]:
   """(busy, total) jiffies of CPU `core` since boot, from /proc/stat."""
   with open("/proc/stat") as f:
@@ -466,6 +479,7 @@ def _standalone_child(spec, prompt_len: int, max_tokens: int, concurrency: int,
     (a_t, a_cpu, a_j), (b_t, b_cpu, b_j) = marks["start"], marks["end"]
     tokens = sum(n for _, e, n in spans if a_t < e <= b_t)
     conn.send(dict(tokens_per_s=window_tokens(spans, t1, t2) / window_s, compile_s=compile_s,
+                   thread_affinity=thread_affinities(os.getpid()),
                    tokens_per_cpu_s=tokens / max(b_cpu - a_cpu, 1e-9),
                    cpu_share=(b_cpu - a_cpu) / (b_t - a_t),
                    core_busy=busy_fraction(a_j, b_j),
@@ -547,19 +561,20 @@ async def served_throughput(url: str, *, model: str, prompt_len: int, max_tokens
           spans.append((done - bes["latency_s"] + bes["ttft_s"],) * 2 + (1,))
     await asyncio.gather(*(worker() for _ in range(concurrency)))
   await sampler
+  affinity = thread_affinities(worker_pid)
   t1 = t0 + warmup_s
   (a_t, a_cpu, a_j, a_srv), (b_t, b_cpu, b_j, b_srv) = marks["start"], marks["end"]
   tokens = window_tokens(spans, a_t, b_t)
   return dict(tokens_per_s=window_tokens(spans, t1, t1 + window_s) / window_s,
               tokens_per_cpu_s=tokens / max(b_cpu - a_cpu, 1e-9),
               cpu_share=(b_cpu - a_cpu) / (b_t - a_t), core_busy=busy_fraction(a_j, b_j),
-              server_cpu_share=(b_srv - a_srv) / (b_t - a_t),
+              server_cpu_share=(b_srv - a_srv) / (b_t - a_t), worker_thread_affinity=affinity,
               completions=len(spans) // 2, statuses=statuses)
 
 
-def mean_runs(runs: Sequence[dict]) -> dict:
-  """The mean of each numeric key over `runs` (dicts with the same keys)."""
-  return {k: float(np.mean([r[k] for r in runs])) for k in runs[0]
+def median_runs(runs: Sequence[dict]) -> dict:
+  """The median of each numeric key over `runs` (dicts with the same keys)."""
+  return {k: float(np.median([r[k] for r in runs])) for k in runs[0]
           if all(isinstance(r.get(k), (int, float)) for r in runs)}
 
 
@@ -638,30 +653,38 @@ def markdown(res: dict) -> str:
               f"closed loop, {t['concurrency']} requests in flight (a full batch and a waiting "
               f"queue), prompts of {t['prompt_len']} random tokens, greedy, ignore_eos, "
               f"max_tokens {t['max_tokens']}. Tokens/s over a {t['window_s']:.0f} s window "
-              f"after {t['warmup_s']:.0f} s of warm-up load. Standalone: `EngineLoop` driven "
-              "in a child process (tokens of the iterations in the window). Served: the same "
+              f"after {t['warmup_s']:.0f} s of warm-up load, per run. Standalone: `EngineLoop` driven "
+              "in a child process started in its own session, as the server is (the kernel "
+              "schedules by session: autogroup), tokens of the iterations in the window. Served: the same "
               "load over HTTP to `launch/serve.py` (one worker, policy static, `model` pinned); "
               "each completion's tokens spread over its decode span and counted in the window.",
               "",
-              "Other sessions' processes share this machine, some pinned to core 0 too, so "
-              "wall-clock tokens/s moves with their load. Hence the standalone run before and "
-              "after the served one, and two more columns: the model process's own CPU time "
+              f"{t['repeats']} alternating runs of each (the standalone ones while the server's "
+              "worker idles). Other sessions' processes share this machine, so wall-clock "
+              "tokens/s moves with their load; two more columns: the model process's own CPU time "
               "(tokens per CPU-second of the EngineLoop process or the server's worker, all "
               "threads) and how busy core 0 was in the window (all processes).", "",
               "| setting | tokens/s | tokens / CPU-s | its CPU share | core 0 busy | detail |",
               "|---|---|---|---|---|---|"]
-    for name, r in (("standalone EngineLoop, before", t["standalone_runs"][0]),
-                    ("standalone EngineLoop, after", t["standalone_runs"][1])):
+    runs = [(f"standalone EngineLoop, run {k + 1}", r, "standalone")
+            for k, r in enumerate(t["standalone_runs"])]
+    runs += [(f"served over HTTP, run {k + 1}", r, "served")
+             for k, r in enumerate(t["served_runs"])]
+    order = [x for pair in zip(runs[:len(runs) // 2], runs[len(runs) // 2:]) for x in pair]
+    for name, r, kind in order:
+      if kind == "standalone":
+        detail = (f"{r['mean_tokens_per_iteration']:.2f} tokens per iteration, "
+                  f"{r['iterations']} iterations")
+      else:
+        detail = (f"{r['completions']} completions, statuses {r['statuses']}; server main "
+                  f"process {r['server_cpu_share']:.0%} of a core")
       lines.append(f"| {name} | {r['tokens_per_s']:.0f} | {r['tokens_per_cpu_s']:.0f} | "
-                   f"{r['cpu_share']:.0%} | {r['core_busy']:.0%} | "
-                   f"{r['mean_tokens_per_iteration']:.2f} tokens per iteration, "
-                   f"{r['iterations']} iterations |")
-    sv = t["served"]
-    lines += [f"| served over HTTP | {sv['tokens_per_s']:.0f} | {sv['tokens_per_cpu_s']:.0f} | "
-              f"{sv['cpu_share']:.0%} | {sv['core_busy']:.0%} | {sv['completions']} "
-              f"completions, statuses {sv['statuses']}; server main process "
-              f"{sv['server_cpu_share']:.0%} of a core |",
-              f"| **served / standalone (mean of the two)** | **{t['ratio']:.1%}** | "
+                   f"{r['cpu_share']:.0%} | {r['core_busy']:.0%} | {detail} |")
+    sa, sv = t["standalone"], t["served"]
+    lines += [f"| median standalone | {sa['tokens_per_s']:.0f} | {sa['tokens_per_cpu_s']:.0f} "
+              "| | | |",
+              f"| median served | {sv['tokens_per_s']:.0f} | {sv['tokens_per_cpu_s']:.0f} | | | |",
+              f"| **served / standalone (medians)** | **{t['ratio']:.1%}** | "
               f"**{t['ratio_per_cpu_s']:.1%}** | | | |", ""]
     lines += [f"* {n}" for n in t.get("notes", [])] + [""]
   return "\n".join(lines)
