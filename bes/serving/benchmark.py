@@ -594,6 +594,8 @@ def markdown(res: dict) -> str:
            f"the end {m['load_end']}. Code: commit {res['git']['commit'][:10]}"
            f"{' (with uncommitted changes)' if res['git']['uncommitted'] else ''}. "
            f"Total wall time {res['wall_s']:.0f} s.", ""]
+  if res.get("rendered_note"):
+    lines += [f"Note: {res['rendered_note']}.", ""]
   if "decision" in res:
     d = res["decision"]
     lines += ["## 1a. Decision + dispatch per request, in process (target p99 < 1 ms)", "",
