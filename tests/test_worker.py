@@ -220,6 +220,8 @@ def submit_long(handle, rids):
 def test_process_serves_and_is_pinned(proc):
   handle, events = proc
   assert os.sched_getaffinity(handle.pid) == {0}
+  threads = os.listdir(f"/proc/{handle.pid}/task")   # every thread, not just the main one
+  assert len(threads) > 1 and all(os.sched_getaffinity(int(t)) == {0} for t in threads)
   for rid, n in enumerate([3, 1, 4]):
     handle.submit(P.Submit(rid=rid, tokens=PROMPT, max_tokens=n, ignore_eos=True))
   handle.submit(P.Submit(rid=9, tokens=(), max_tokens=1))

@@ -106,7 +106,23 @@ def pin_process(spec: WorkerSpec) -> None:
     os.environ["TPU_CHIPS_PER_PROCESS_BOUNDS"] = "1,1,1"
     os.environ["TPU_PROCESS_BOUNDS"] = "1,1,1"
   if spec.cpus is not None:
-    os.sched_setaffinity(0, spec.cpus)
+    pin_threads(spec.cpus)
+
+
+def pin_threads(cpus) -> None:
+  """Pins every thread of this process to `cpus` (threads created later inherit it).
+
+  `sched_setaffinity(0, ...)` pins only the calling thread, and a spawned worker already
+  has threads when it starts: the spawn re-imports the parent's main module (a launcher
+  importing bes, hence JAX and numpy), whose thread pools would stay free to run on every
+  core (measured: a served worker used 1.7 cores).
+  """
+  tids = os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]
+  for tid in tids:
+    try:
+      os.sched_setaffinity(int(tid), cpus)
+    except (ProcessLookupError, PermissionError):
+      pass                                   # a thread that ended meanwhile
 
 
 def build_loop(spec: WorkerSpec):
