@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   # The measured profile of the two workers (launch/profile_latency.py --serve_config=...).
   config.profile = "bes/data/profiles/cpu_serving.json"
   config.workload.kind = "bursty"
-  config.workload.rate = 2.0                # requests/s: about this deployment's capacity
+  config.workload.rate = 3.0                # requests/s: cpu-large alone serves ~1.5
   config.workload.max_prompt_len = 192      # lengths clipped to the 256-token context
   config.workload.max_output_len = 64
   config.env.deadline_s = 2.0               # s, plus per output token:
@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.env.episode_len = 256
   config.simulate.policies = "static:cpu-small;static:cpu-large;round_robin"
   config.simulate.num_requests = 2000
-  config.dqn.rate_scale = 2.0
+  config.dqn.rate_scale = 3.0
   config.dqn.num_iterations = 6000
 
   config.serve = ml_collections.ConfigDict()
