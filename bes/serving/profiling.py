@@ -202,7 +202,7 @@ def measure_serving_profile(config: ml_collections.ConfigDict, *, repeats: int =
       f"{places}; dtype {config.serve.dtype}, max_len {config.serve.max_len}, random weights "
       f"unless a checkpoint is given. decode_step_s[b-1]: median of {repeats} iterations with "
       f"b requests running (after {warmup} warm-up); prefill: line fitted to single-request "
-      f"admission iterations at prompt lengths {lengths} minus decode_step_s[0]. Instances, "
+      f"admission iterations at prompt lengths {lengths}. Instances, "
       f"max batch and tasks: {template['source'] or 'one instance per model, config.serve.max_batch'}. "
       f"Quality: {quality}.")
   d = profile_dict(template, timings, name=name or "serving-measured", provenance=provenance)
