@@ -19,25 +19,33 @@ Config overrides (--config.KEY=VALUE) apply to both sides: they are forwarded to
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
 
+import bes
 from bes import cli_errors, config_cli, progress
 from bes.serving import sim_to_real
 
+DEFAULT_TRACE = os.path.join(os.path.dirname(os.path.abspath(bes.__file__)), "data", "traces",
+                             "azure_llm_2023_conv.csv")
+
 _CONFIG = config_cli.define_config_flag("Serving config file (configs/serve/*.py).",
                                         default_file="serve/cpu.py")
-_TRACE = flags.DEFINE_string("trace", None, "Trace CSV (arrived_at,num_prefill_tokens,"
-                             "num_decode_tokens[,task]) both sides replay.")
-_OUT = flags.DEFINE_string("out", None, "Output directory (resumable).")
+_TRACE = flags.DEFINE_string("trace", DEFAULT_TRACE, "Trace CSV (arrived_at,num_prefill_tokens,"
+                             "num_decode_tokens[,task]) both sides replay (default: the shipped "
+                             "Azure conversation trace).")
+_OUT = flags.DEFINE_string("out", "runs/sim_to_real", "Output directory (resumable).")
 _POLICY = flags.DEFINE_multi_string(
     "policy", None, "static:M | round_robin | random | task_map:... | deadline_greedy | "
-    "load_threshold | learned; repeat for several. Default: static:<smallest model> and "
-    "deadline_greedy.")
-_NUM_REQUESTS = flags.DEFINE_integer("num_requests", None, "Keep the trace's first N requests.")
-_TIME_SCALE = flags.DEFINE_float("time_scale", None, "Multiply the trace's arrival times by X.")
-_RATE = flags.DEFINE_float("rate", None, "Rescale the trace to this mean rate (requests/s).")
+    "load_threshold | learned; repeat for several. Default: learned and deadline_greedy.")
+_NUM_REQUESTS = flags.DEFINE_integer("num_requests", 300, "Keep the trace's first N requests "
+                                     "(0: all).")
+_TIME_SCALE = flags.DEFINE_float("time_scale", None, "Multiply the trace's arrival times by X "
+                                 "(instead of --rate).")
+_RATE = flags.DEFINE_float("rate", 3.0, "Rescale the trace to this mean rate (requests/s); "
+                           "0 keeps the trace's own timing.")
 _REPROFILE = flags.DEFINE_bool("reprofile", False, "Measure the profile even when "
                                "config.profile exists.")
 _TRAIN_WORKDIR = flags.DEFINE_string("train_workdir", None, "Training workdir of the learned "
@@ -55,8 +63,13 @@ def main(argv):
     raise ValueError("--trace: required (a trace CSV)")
   if not _OUT.value:
     raise ValueError("--out: required (an output directory)")
-  if _TIME_SCALE.value is not None and _RATE.value is not None:
+  if _TIME_SCALE.value is not None and flags.FLAGS["rate"].present:
     raise ValueError("--time_scale and --rate: give at most one")
+  rate = None if _TIME_SCALE.value is not None or not _RATE.value else _RATE.value
+  if rate is not None and rate < 0:
+    raise ValueError(f"--rate: expected requests/s > 0 (or 0: the trace's own timing), got {rate}")
+  if _NUM_REQUESTS.value < 0:
+    raise ValueError(f"--num_requests: expected >= 0 (0: all), got {_NUM_REQUESTS.value}")
   if _PROFILE_REPEATS.value < 1 or _PROFILE_WARMUP.value < 0:
     raise ValueError("--profile_repeats: expected >= 1 (and --profile_warmup >= 0)")
   path = config_cli.config_path_in(sys.argv, config_cli.default_config_path("serve/cpu.py"))
@@ -68,8 +81,8 @@ def main(argv):
   forwarded = tuple([f"--config={path}"] + overrides)
   opts = sim_to_real.Options(
       config=_CONFIG.value, config_args=forwarded, trace=_TRACE.value, out=_OUT.value,
-      policies=tuple(_POLICY.value or ()), num_requests=_NUM_REQUESTS.value,
-      time_scale=_TIME_SCALE.value, rate=_RATE.value, reprofile=_REPROFILE.value,
+      policies=tuple(_POLICY.value or ()), num_requests=_NUM_REQUESTS.value or None,
+      time_scale=_TIME_SCALE.value, rate=rate, reprofile=_REPROFILE.value,
       train_workdir=_TRAIN_WORKDIR.value, profile_repeats=_PROFILE_REPEATS.value,
       profile_warmup=_PROFILE_WARMUP.value, server_timeout_s=_SERVER_TIMEOUT_S.value)
   with progress.heartbeat(print) as log:

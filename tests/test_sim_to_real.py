@@ -115,7 +115,7 @@ def test_measure_with_a_fake_worker_profiler():
 def test_policies_names_and_dirs():
   config = _config()
   assert s2r.smallest_model(config) == "cpu-small"
-  assert s2r.default_policies(config) == ["static:cpu-small", "deadline_greedy"]
+  assert s2r.default_policies(config) == ["learned", "deadline_greedy"]
   assert s2r.policy_dir("/o", "static:cpu-small") == "/o/static_cpu-small"
   assert s2r.policy_dir("/o", "task_map:0,1,1,0") == "/o/task_map_0_1_1_0"
   names = ["cpu-small", "cpu-large"]
@@ -205,7 +205,8 @@ def test_run_resumes_and_summarises(tmp_path, monkeypatch):
   monkeypatch.setattr(s2r, "serve_and_measure", fake_serve)
   out = str(tmp_path / "out")
   opts = s2r.Options(config=_config(profile=ppath), config_args=("--config=x",),
-                     trace=str(trace), out=out, num_requests=10)
+                     trace=str(trace), out=out, num_requests=10,
+                     policies=("static:cpu-small", "deadline_greedy"))
   lines = []
   summary = s2r.run(opts, "cmd", log=lines.append)
   assert calls == [("sim", "static:cpu-small"), ("serve", "static:cpu-small"),

@@ -87,7 +87,9 @@ def smallest_model(config: ml_collections.ConfigDict) -> str:
 
 
 def default_policies(config: ml_collections.ConfigDict) -> list[str]:
-  return [f"static:{smallest_model(config)}", "deadline_greedy"]
+  """The learned router (trained for the config's deployment) and the tuned heuristic."""
+  del config
+  return ["learned", "deadline_greedy"]
 
 
 def check_policy(spec: str, model_names: Sequence[str]) -> str:
@@ -193,9 +195,16 @@ def step_trace(opts: Options, out: str, profile: profile_lib.Profile, log) -> st
 
 
 def step_router(config: ml_collections.ConfigDict, workdir: str, log) -> None:
-  from bes.experiment import Setup, train  # pylint: disable=g-import-not-at-top
+  """Trains (or resumes, or reuses) the learned router in `workdir` and tunes the heuristics
+  on the same training workload, as launch/train.py does, so that `deadline_greedy` and
+  `load_threshold` run with knobs tuned on what the router trained on."""
+  from bes.experiment import Setup, train, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  setup = Setup.from_config(config)
   log(f"[3/5] router: training (or resuming) the learned router in {workdir}")
-  train.train(Setup.from_config(config), workdir, log=log)
+  train.train(setup, workdir, log=log)
+  if setup.train.tune_heuristics and not os.path.exists(
+      os.path.join(workdir, workdir_lib.HEURISTICS_FILE)):
+    workdir_lib.tune_heuristics(setup, workdir, log=log)
 
 
 def simulate_policy(config: ml_collections.ConfigDict, trace_csv: str, spec: str,
@@ -229,8 +238,13 @@ def serve_command(opts: Options, profile_path: str, spec: str, port: int, server
   return cmd
 
 
+_SUBPROCESS_ENV = {}   # set by `run`: what the server and load generator processes add
+
+
 def _env() -> dict:
   env = dict(os.environ)
+  for key, value in _SUBPROCESS_ENV.items():
+    env.setdefault(key, value)
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
   return env
 
@@ -415,6 +429,9 @@ def run(opts: Options, command: str, log: Callable[[str], None] = print) -> dict
   check_resume(out, {"trace": os.path.abspath(opts.trace), "num_requests": opts.num_requests,
                      "time_scale": opts.time_scale, "rate": opts.rate, "policies": specs,
                      "config_args": list(opts.config_args)})
+  # The servers' workers compile the same shapes every time: one persistent cache per study.
+  _SUBPROCESS_ENV.update(JAX_COMPILATION_CACHE_DIR=os.path.join(out, "jax_cache"),
+                         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   profile_path = step_profile(opts, out, log)
   config = with_profile(opts.config, profile_path, workdir)
   profile = profile_lib.load_profile(profile_path)
