@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 import bes
 from bes import cli_errors, config_cli, progress
@@ -57,6 +57,7 @@ _SERVER_TIMEOUT_S = flags.DEFINE_float("server_timeout_s", 600.0, "Seconds to wa
 
 
 def main(argv):
+  logging.set_verbosity(logging.WARNING)   # orbax logs every save and restore at INFO
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]}; flags are --name=value")
   if not _TRACE.value:
