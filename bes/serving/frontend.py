@@ -14,7 +14,7 @@ schema, then time to first token, time per output token, queue time, the policy'
 latency, the decision time, HTTP status and error); see `OUTCOME_FIELDS`.
 
 Faults: a worker that exits, breaks its pipe or hangs (work outstanding and no iteration for
-`hang_timeout_s`) is reported by its `WorkerHandle`; its running and queued requests end with
+`hang_timeout_s(model)`) is reported by its `WorkerHandle`; its running and queued requests end with
 an error outcome (HTTP 503), its instance is masked (a policy's choice of a model with no
 live instance falls to the best live model for the task) and the worker is restarted.
 """
@@ -124,7 +124,7 @@ class Frontend:
     self._outcomes_file = None
     self.counts = {"ok": 0, "rejected": 0, "error": 0}
     make_handle = make_handle or (lambda spec, cb: WorkerHandle(
-        spec, cb, hang_timeout_s=serve.hang_timeout_s))
+        spec, cb, hang_timeout_s=self.hang_timeout_s(spec.model)))
     k = 0
     for m, (mp, ms) in enumerate(zip(self.profile.models, serve.models)):
       for _ in range(mp.instances):
@@ -140,6 +140,16 @@ class Frontend:
         self.instances.append(mirror)
         self.by_model[m].append(mirror)
         k += 1
+
+  def hang_timeout_s(self, model: str) -> float:
+    """Seconds without an iteration, work outstanding, after which `model`'s worker is
+    declared hung: config.serve.hang_timeout_s, or twice the longest iteration the profile
+    predicts for it (a full batch admitted with prompts of max_len - 1 tokens) if longer, so
+    a slow model's legitimate iteration is never taken for a hang."""
+    m = self.profile.models[self.profile.model_index(model)]
+    longest = (max(m.decode_step_s) + m.prefill_s_fixed
+               + m.prefill_s_per_token * m.max_batch * (self.serve.max_len - 1))
+    return max(self.serve.hang_timeout_s, 2.0 * longest)
 
   # ------------------------------------------------------------------------- lifecycle
   def start(self) -> None:
