@@ -47,7 +47,8 @@ _CONTEXT_LEN = flags.DEFINE_integer("context_len", 128, "Tokens in every slot's 
 _MAX_LEN = flags.DEFINE_integer("max_len", None, "Engine cache length (default context_len + 1).")
 _PREFILL_LENGTHS = flags.DEFINE_list("prefill_lengths", ["16", "32", "64", "128"],
                                      "Prompt lengths (tokens) at which prefill is timed (>= 2).")
-_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per measurement (median taken).")
+_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per measurement (median taken; "
+                                "with --serve_config: iterations, mean taken).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls first (>= 1: the first compiles).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"],
                            "Parameter and KV-cache dtype.")

@@ -1,7 +1,7 @@
 r"""Sim-to-real: each policy simulated on a trace and served for real on the same trace.
 
-Profiles the served models under their serving pinning (with --reprofile, or when
-config.profile does not exist), prepares one trace both sides replay, trains the learned
+Profiles the served models under their serving pinning, all at once (with --noreprofile
+only when config.profile does not exist), prepares one trace both sides replay, trains the learned
 router if asked for, then per policy simulates the trace through the jitted environment,
 starts launch/serve.py, replays the trace with the load generator, drains the server and
 compares (bes/serving/sim_to_real.py, step by step). Writes into --out: profile.json,
@@ -13,7 +13,7 @@ and prints the side-by-side table. Re-run the same command to continue an interr
       --trace=bes/data/traces/azure_llm_2023_conv.csv --num_requests=200 --rate=1.5 \
       --out=runs/sim_to_real
   python launch/sim_to_real.py --config=configs/serve/cpu.py --trace=T.csv --out=runs/s2r \
-      --policy=static:cpu-small --policy=deadline_greedy --policy=learned --reprofile
+      --policy=static:cpu-small --policy=deadline_greedy --policy=learned
 
 Config overrides (--config.KEY=VALUE) apply to both sides: they are forwarded to the server.
 """
@@ -46,11 +46,11 @@ _TIME_SCALE = flags.DEFINE_float("time_scale", None, "Multiply the trace's arriv
                                  "(instead of --rate).")
 _RATE = flags.DEFINE_float("rate", 3.0, "Rescale the trace to this mean rate (requests/s); "
                            "0 keeps the trace's own timing.")
-_REPROFILE = flags.DEFINE_bool("reprofile", False, "Measure the profile even when "
-                               "config.profile exists.")
+_REPROFILE = flags.DEFINE_bool("reprofile", True, "Measure this machine's profile first "
+                               "(--noreprofile: use config.profile as it is, when it exists).")
 _TRAIN_WORKDIR = flags.DEFINE_string("train_workdir", None, "Training workdir of the learned "
                                      "router (default --out/router; reused/resumed).")
-_PROFILE_REPEATS = flags.DEFINE_integer("profile_repeats", 10, "Timed iterations per entry.")
+_PROFILE_REPEATS = flags.DEFINE_integer("profile_repeats", 20, "Timed iterations per entry.")
 _PROFILE_WARMUP = flags.DEFINE_integer("profile_warmup", 2, "Untimed iterations per entry.")
 _SERVER_TIMEOUT_S = flags.DEFINE_float("server_timeout_s", 600.0, "Seconds to wait for the "
                                        "server's /health.")

@@ -99,16 +99,17 @@ def test_measure_with_a_fake_worker_profiler():
   pytest.importorskip("bes.serving.worker")
   seen = []
 
-  def fake(spec, lengths, repeats, warmup):
-    seen.append((spec.model, spec.cpus, spec.max_batch, tuple(lengths), repeats, warmup))
-    return _timings([0.001 * (1 + spec.instance)] * spec.max_batch)
+  def fake(specs, lengths, repeats, warmup):
+    for spec in specs:
+      seen.append((spec.model, spec.cpus, spec.max_batch, tuple(lengths), repeats, warmup))
+    return [_timings([0.001 * (1 + spec.instance)] * spec.max_batch) for spec in specs]
   config = _config(profile="/none.json", max_len=64, placement="0;0")
   p, raw = profiling.measure_serving_profile(config, repeats=3, warmup=1, log=lambda _: None,
-                                             profile_worker=fake)
+                                             profile_workers=fake)
   assert [s[0] for s in seen] == ["cpu-small", "cpu-large"]
   assert seen[0][1:] == ((0,), 8, (4, 8, 16, 32), 3, 1)
   assert p.models[1].decode_step_s[0] == 0.002 and set(raw) == {"cpu-small", "cpu-large"}
-  assert "profile_worker" in p.provenance and "opt-1.3b" in p.provenance
+  assert "profile_workers" in p.provenance and "opt-1.3b" in p.provenance
 
 
 # ------------------------------------------------------------------------- small pieces

@@ -1,8 +1,9 @@
 """A serving config's latency profile, measured from its own engine workers.
 
-`measure_serving_profile(config, ...)` profiles every model of `config.serve` one at a time
-with `profile_worker` (the serving `EngineLoop`, timed in a process pinned exactly as the
-server pins that model's first instance; see bes/serving/worker.py), and assembles a profile
+`measure_serving_profile(config, ...)` profiles every model of `config.serve` at once with
+`profile_workers` (the serving `EngineLoop`, timed in a process pinned exactly as the
+server pins that model's first instance, each busy while the others are measured; see
+bes/serving/worker_profile.py), and assembles a profile
 (`bes.profile`) whose instances, max batch, tasks and quality come from `profile_template`:
 
   * `config.profile` when that file exists (and names the same models): its tasks, and per
@@ -161,48 +162,43 @@ def profile_dict(template: Mapping[str, Any], timings: Sequence[Mapping[str, Any
           "models": models}
 
 
-def _profile_worker():
-  try:
-    from bes.serving.worker import profile_worker  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    from bes.serving.worker_profile import profile_worker  # pylint: disable=g-import-not-at-top
-  return profile_worker
-
-
-def measure_serving_profile(config: ml_collections.ConfigDict, *, repeats: int = 10,
+def measure_serving_profile(config: ml_collections.ConfigDict, *, repeats: int = 20,
                             warmup: int = 2, name: str | None = None,
                             log: Callable[[str], None] = print,
-                            profile_worker: Callable | None = None
+                            profile_workers: Callable | None = None
                             ) -> tuple[profile_lib.Profile, dict[str, Any]]:
-  """Measures every model of `config.serve` (module docstring); returns (the profile, the
-  raw measurements {model: profile_worker dict})."""
-  profile_worker = profile_worker or _profile_worker()
+  """Measures every model of `config.serve` (module docstring), all workers at once as they
+  serve (`worker_profile.profile_workers`); returns (the profile, the raw measurements
+  {model: profile_worker dict})."""
+  if profile_workers is None:
+    from bes.serving.worker_profile import profile_workers  # pylint: disable=g-import-not-at-top
   template = profile_template(config)
   specs = worker_specs(config, template)
   lengths = prefill_lengths(int(config.serve.max_len))
-  timings, raw = [], {}
-  for spec in specs:
-    where = f"core(s) {list(spec.cpus)}" if spec.device is None else f"accelerator {spec.device}"
-    log(f"profiling {spec.model} on {where} (max batch {spec.max_batch}, max_len "
-        f"{spec.max_len}, prefill lengths {lengths}, {repeats} repeats)")
-    t = profile_worker(spec, lengths, repeats=repeats, warmup=warmup)
+  where = lambda s: f"core(s) {list(s.cpus)}" if s.device is None else f"accelerator {s.device}"
+  log(f"profiling {', '.join(f'{s.model} on {where(s)}' for s in specs)} together (max batch "
+      f"{[s.max_batch for s in specs]}, max_len {specs[0].max_len}, prefill lengths {lengths}, "
+      f"{repeats} repeats)")
+  timings = profile_workers(specs, lengths, repeats=repeats, warmup=warmup)
+  raw = {}
+  for spec, t in zip(specs, timings):
     log(f"  {spec.model}: decode b=1 {t['decode_step_s'][0] * 1e3:.2f} ms, "
         f"b={len(t['decode_step_s'])} {t['decode_step_s'][-1] * 1e3:.2f} ms; prefill "
         f"{t['prefill_s_fixed'] * 1e3:.2f} ms + {t['prefill_s_per_token'] * 1e6:.1f} us/token")
-    timings.append(t)
     raw[spec.model] = t
   date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
   places = ", ".join(f"{s.model}: " + (f"cores {list(s.cpus)}" if s.device is None
                                        else f"accelerator {s.device}") for s in specs)
   quality = "; ".join(f"{m['name']}: {m['quality_from']}" for m in template["models"])
   provenance = (
-      f"Measured by bes.serving.profiling (profile_worker: the serving EngineLoop timed in a "
-      f"process pinned as the server pins the model's first instance) on host "
+      f"Measured by bes.serving.profiling (profile_workers: the serving EngineLoop of each "
+      f"model's first instance timed in a process pinned as the server pins it, all models "
+      f"at once, each busy while the others are measured) on host "
       f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores), {date}. Placement: "
       f"{places}; dtype {config.serve.dtype}, max_len {config.serve.max_len}, random weights "
-      f"unless a checkpoint is given. decode_step_s[b-1]: median of {repeats} iterations with "
-      f"b requests running (after {warmup} warm-up); prefill: line fitted to single-request "
-      f"admission iterations at prompt lengths {lengths}. Instances, "
+      f"unless a checkpoint is given. decode_step_s[b-1]: mean of {repeats} iterations with "
+      f"b requests running (after {warmup} warm-up); prefill: line fitted to the mean "
+      f"single-request admission iterations at prompt lengths {lengths}. Instances, "
       f"max batch and tasks: {template['source'] or 'one instance per model, config.serve.max_batch'}. "
       f"Quality: {quality}.")
   d = profile_dict(template, timings, name=name or "serving-measured", provenance=provenance)

@@ -73,7 +73,7 @@ class Options:
   rate: float | None = None
   reprofile: bool = False
   train_workdir: str | None = None
-  profile_repeats: int = 10
+  profile_repeats: int = 20
   profile_warmup: int = 2
   server_timeout_s: float = 600.0
   drain_timeout_s: float = 300.0

@@ -4,8 +4,10 @@
 worker (`worker.pin_process`: same cores, single-threaded XLA on CPU), builds and warms up
 the instance's `EngineLoop` (`worker.build_loop`), and times whole iterations
 (`Iteration.end - Iteration.start`: admission, the batched prefill, decode, the batched
-insert, the host fetch of the tokens, frees), medians over `repeats` after `warmup`
-untimed ones:
+insert, the host fetch of the tokens, frees), means over `repeats` after `warmup` untimed
+ones (the mean, not the median: the serving model adds iteration times up, slow ones
+included). `profile_workers` profiles several instances at once, each busy while the
+others are measured, as they run when serving:
 
   * decode_step_s[b-1]: an iteration with b requests running and none admitted
     (b = 1..max_batch, requests with ignore_eos and enough max_tokens; short prompts). The
@@ -88,7 +90,7 @@ def measure(loop, lengths, repeats: int, warmup: int, admit_counts=(1, 2, 4),
         if i >= warmup:
           decode[b - 1].append(it.end - it.start)
       assert loop.idle
-  decode_s = [statistics.median(t) for t in decode]
+  decode_s = [statistics.fmean(t) for t in decode]   # the mean: the serving model adds them up
 
   def admission(counts_lengths):
     times = [[] for _ in counts_lengths]
@@ -100,7 +102,7 @@ def measure(loop, lengths, repeats: int, warmup: int, admit_counts=(1, 2, 4),
         assert len(it.admitted) == count and loop.idle, it
         if r >= warmup:
           times[i].append(it.end - it.start)
-    return [statistics.median(t) for t in times]
+    return [statistics.fmean(t) for t in times]
 
   admit_s = admission([(1, n) for n in lengths])
   fixed, per_token = latency.fit_prefill(lengths, admit_s)
@@ -122,18 +124,86 @@ def measure(loop, lengths, repeats: int, warmup: int, admit_counts=(1, 2, 4),
           "max_len": max_len, "buckets": list(eng.buckets)}}
 
 
-def _profile_main(spec, conn, args) -> None:
+def _background_load(loop, stop) -> None:
+  """Keeps `loop` decoding a full batch until `stop` (a multiprocessing Event) is set, so a
+  worker still being profiled sees the interference it will see when serving."""
+  eng = loop.engine
+  rid = iter(range(10**9, 2 * 10**9))
+  while not stop.is_set():
+    while len(loop.waiting) + len(loop.running) < eng.num_slots:
+      loop.submit(protocol.Submit(rid=next(rid), tokens=(3,) * 8,
+                                  max_tokens=eng.max_len - 9, ignore_eos=True))
+    loop.step()
+
+
+def _profile_main(spec, conn, args, start=None, stop=None) -> None:
   try:
     worker_lib.pin_process(spec)
     loop = worker_lib.build_loop(spec)
     warmup_s = loop.warmup()
+    if start is not None:          # profiled together with the other workers
+      conn.send(("warm", None))
+      start.wait()
     out = measure(loop, **args)
     out["raw"]["warmup_s"] = warmup_s
     conn.send(("ok", out))
+    if stop is not None:
+      _background_load(loop, stop)
   except BaseException as e:  # pylint: disable=broad-except
     conn.send(("error", f"{type(e).__name__}: {e}"))
   finally:
     conn.close()
+
+
+def profile_workers(specs, lengths, repeats: int = 20, warmup: int = 3,
+                    admit_counts=(1, 2, 4), admit_length: int | None = None,
+                    timeout_s: float = 1800.0) -> list[dict]:
+  """`profile_worker` of every spec at once, as they serve: one pinned process each; all
+  warm up, start measuring together, and a process that finishes keeps decoding a full batch
+  until the last one is done, so every measurement includes the interference of the other
+  instances on the machine (shared caches, memory bandwidth, SMT siblings: measured 10% on
+  the 2-vCPU VM). Returns the dicts in the order of `specs`."""
+  ctx = multiprocessing.get_context("spawn")
+  start, stop = ctx.Event(), ctx.Event()
+  args = dict(lengths=list(lengths), repeats=repeats, warmup=warmup,
+              admit_counts=tuple(admit_counts), admit_length=admit_length)
+  procs, pipes = [], []
+  t0 = time.monotonic()
+  for spec in specs:
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_profile_main, args=(spec, child, args, start, stop), daemon=True)
+    proc.start()
+    child.close()
+    procs.append(proc)
+    pipes.append(parent)
+
+  def receive(i, expected):
+    try:
+      if not pipes[i].poll(max(timeout_s - (time.monotonic() - t0), 0.0)):
+        raise RuntimeError(f"profile_workers: {specs[i].model}: no result within {timeout_s} s")
+      status, out = pipes[i].recv()
+    except EOFError:
+      raise RuntimeError(f"profile_workers: {specs[i].model}: the process died (code "
+                         f"{procs[i].exitcode})") from None
+    if status != expected:
+      raise RuntimeError(f"profile_workers: {specs[i].model}: {out}")
+    return out
+
+  try:
+    for i in range(len(specs)):
+      receive(i, "warm")
+    start.set()
+    results = [receive(i, "ok") for i in range(len(specs))]
+  finally:
+    stop.set()
+    for proc in procs:
+      proc.join(10.0)
+      if proc.is_alive():
+        proc.kill()
+  for out in results:
+    out["raw"]["process_s"] = time.monotonic() - t0
+    out["raw"]["concurrent_with"] = len(specs) - 1
+  return results
 
 
 def profile_worker(spec: worker_lib.WorkerSpec, lengths, repeats: int = 20, warmup: int = 3,
@@ -144,26 +214,5 @@ def profile_worker(spec: worker_lib.WorkerSpec, lengths, repeats: int = 20, warm
   Returns {decode_step_s, prefill_s_fixed, prefill_s_per_token, max_batch, raw: {...}}; the
   caller adds name / instances / quality. Raises RuntimeError if the process fails.
   """
-  ctx = multiprocessing.get_context("spawn")
-  parent, child = ctx.Pipe(duplex=False)
-  args = dict(lengths=list(lengths), repeats=repeats, warmup=warmup,
-              admit_counts=tuple(admit_counts), admit_length=admit_length)
-  proc = ctx.Process(target=_profile_main, args=(spec, child, args), daemon=True)
-  t0 = time.monotonic()
-  proc.start()
-  child.close()
-  try:
-    if not parent.poll(timeout_s):
-      raise RuntimeError(f"profile_worker: no result within {timeout_s} s")
-    status, out = parent.recv()
-  except EOFError:
-    raise RuntimeError(f"profile_worker: the process died (code {proc.exitcode})") from None
-  finally:
-    if proc.is_alive():
-      proc.join(10.0)
-    if proc.is_alive():
-      proc.kill()
-  if status != "ok":
-    raise RuntimeError(f"profile_worker: {out}")
-  out["raw"]["process_s"] = time.monotonic() - t0
-  return out
+  return profile_workers([spec], lengths, repeats, warmup, admit_counts, admit_length,
+                         timeout_s)[0]
