@@ -157,7 +157,7 @@ def main(argv):
   io_util.check_writable_dir(os.path.dirname(os.path.abspath(out)), "--out")
   import jax  # pylint: disable=import-outside-toplevel
   from bes import config_cli  # pylint: disable=import-outside-toplevel
-  from bes.serving import benchmark as bm  # pylint: disable=import-outside-toplevel
+  from bes.serving import benchmark as bm, local  # pylint: disable=import-outside-toplevel
   t_start = time.perf_counter()
   command = "python " + " ".join(shlex.quote(a) for a in
                                  ["launch/benchmark_serving.py", *sys.argv[1:]])
@@ -171,8 +171,10 @@ def main(argv):
                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
   tiny = [("tiny-a", bm.TINY_SHAPE, 4), ("tiny-b", bm.TINY_SHAPE, 4)]
   if "decision" in opts["parts"] or "http" in opts["parts"]:
-    tiny_path, tiny_port = bm.write_config(os.path.join(tmp, "tiny"), tiny, max_len=64,
-                                           policy=_HTTP_POLICY.value, queue_capacity=100_000)
+    tiny_path, tiny_port = local.write_serving_config(
+        os.path.join(tmp, "tiny"), bm.profile_dict([(n, b) for n, _, b in tiny]),
+        {n: shape for n, shape, _ in tiny}, max_len=64, policy=_HTTP_POLICY.value,
+        hang_timeout_s=30.0, env={"queue_capacity": 100_000})
 
   if "decision" in opts["parts"]:
     print("decision: in-process Frontend.submit", flush=True)
@@ -210,8 +212,8 @@ def main(argv):
 
   if "http" in opts["parts"]:
     print(f"http: burst of {_HTTP_N.value} at {_RATE.value:.0f} req/s", flush=True)
-    with bm.Server(tiny_path, tiny_port, os.path.join(tmp, "tiny_server.log"),
-                   env=cache_env) as server:
+    with local.ServerProcess([f"--config={tiny_path}"], os.path.join(tmp, "tiny_server.log"),
+                             port=tiny_port, env=cache_env, timeout_s=300.0) as server:
       # A few requests first: the server's first requests build its pydantic/JSON paths.
       asyncio.run(bm.http_burst(server.url, rate=50.0, requests=20, seed=99))
       cpu0 = (time.monotonic(), bm.proc_cpu_s(server.proc.pid), bm.proc_cpu_s())
@@ -237,11 +239,13 @@ def main(argv):
                              queue_capacity=10_000, cpus=(0,), device=None)
     kw = dict(prompt_len=_PROMPT.value, max_tokens=_MAX_TOKENS.value, concurrency=conc,
               warmup_s=_WARMUP.value, window_s=_WINDOW.value)
-    path, port = bm.write_config(os.path.join(tmp, "small"), [("cpu-small", bm.SMALL_SHAPE, b)],
-                                 max_len=256, policy="static:cpu-small", queue_capacity=10_000,
-                                 placement="0", tokenizer_vocab=8192)
+    path, port = local.write_serving_config(
+        os.path.join(tmp, "small"), bm.profile_dict([("cpu-small", b)]),
+        {"cpu-small": bm.SMALL_SHAPE}, max_len=256, policy="static:cpu-small", placement="0",
+        tokenizer_vocab=8192, hang_timeout_s=30.0, env={"queue_capacity": 10_000})
     standalone_runs, served_runs = [], []
-    with bm.Server(path, port, os.path.join(tmp, "small_server.log"), env=cache_env) as server:
+    with local.ServerProcess([f"--config={path}"], os.path.join(tmp, "small_server.log"),
+                             port=port, env=cache_env, timeout_s=300.0) as server:
       import httpx  # pylint: disable=import-outside-toplevel
       worker_pid = httpx.get(server.url + "/health").json()["engines"][0]["pid"]
       for k in range(_REPEATS.value):   # alternating, while the server's worker idles

@@ -1,20 +1,13 @@
 """Shared helpers of the serving tests: a tiny serving config and a real server subprocess.
 
 `write_tiny_config(dir, **serve_overrides)` writes a serving config file (two tiny random OPT
-models, one worker process each, a hand-written profile) and `ServerProcess` runs
-`launch/serve.py` on it over loopback, waiting for `/health` to say ready.
+models, one worker process each, a hand-written profile; `bes.serving.local`) and
+`ServerProcess` runs `launch/serve.py` on it over loopback, waiting for `/health` to say
+ready.
 """
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-
-import httpx
+from bes.serving import local
 
 TASKS = ["arc_easy", "piqa"]
 SHAPE = {"vocab_size": 512, "hidden_size": 32, "num_hidden_layers": 2,
@@ -35,96 +28,35 @@ PROFILE = {
 }
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def write_tiny_config(directory: str, **serve) -> str:
-  """A serving config file in `directory` (returns its path); `serve` overrides serve keys,
-  `env_<key>` keys override config.env."""
-  os.makedirs(directory, exist_ok=True)
-  profile = os.path.join(directory, "profile.json")
-  with open(profile, "w") as f:
-    json.dump(PROFILE, f)
-  shape = json.dumps(SHAPE)
-  values = dict(models=f"tiny-a={shape};tiny-b={shape}", max_len=MAX_LEN, placement="auto",
-                policy="deadline_greedy", port=free_port(), out=os.path.join(directory, "out"),
-                tokenizer_vocab=512, hang_timeout_s=1.0)
-  env = {"queue_capacity": 8, "deadline_s": 5.0, "deadline_per_token_s": 0.0}
-  for key, value in serve.items():
-    if key.startswith("env_"):
-      env[key[4:]] = value
-    else:
-      values[key] = value
-  lines = ["from configs.serve import cpu", "", "def get_config():",
-           "  config = cpu.get_config()", f"  config.profile = {profile!r}",
-           "  config.workload.max_prompt_len = 16", "  config.workload.max_output_len = 16"]
-  lines += [f"  config.env.{k} = {v!r}" for k, v in env.items()]
-  lines += [f"  config.serve.{k} = {v!r}" for k, v in values.items()]
-  lines += ["  return config", ""]
-  path = os.path.join(directory, "tiny_serve.py")
-  with open(path, "w") as f:
-    f.write("\n".join(lines))
+  """A serving config file in `directory` (returns its path; its port is `port_of(path)`);
+  `serve` overrides serve keys, `env_<key>` keys override config.env."""
+  env = {k[4:]: v for k, v in serve.items() if k.startswith("env_")}
+  serve = {k: v for k, v in serve.items() if not k.startswith("env_")}
+  path, _ = local.write_serving_config(directory, PROFILE, {"tiny-a": SHAPE, "tiny-b": SHAPE},
+                                       max_len=MAX_LEN, env=env, **serve)
   return path
 
 
-class ServerProcess:
-  """`python launch/serve.py --config=PATH` in its own process group, ready on enter."""
+def port_of(path: str) -> int:
+  """The port a config file written by `write_tiny_config` serves on."""
+  with open(path) as f:
+    return int(f.read().split("config.serve.port = ")[1].split("\n")[0])
 
-  def __init__(self, config_path: str, port: int, log_path: str, timeout_s: float = 240.0,
-               jax_cache_dir: str | None = None):
-    self.config_path, self.port, self.log_path = config_path, port, log_path
-    self.env = dict(os.environ)
-    if jax_cache_dir:   # the workers inherit it: the second server compiles nothing
-      self.env.update(JAX_COMPILATION_CACHE_DIR=jax_cache_dir,
-                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    self.timeout_s = timeout_s
-    self.url = f"http://127.0.0.1:{port}"
-    self.proc = None
 
-  def __enter__(self) -> "ServerProcess":
-    self.log = open(self.log_path, "w")
-    self.proc = subprocess.Popen(
-        [sys.executable, "-m", "launch.serve", f"--config={self.config_path}"],
-        stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env)
-    self.wait_ready()
-    return self
+class ServerProcess(local.ServerProcess):
+  """`launch/serve.py --config=PATH` (bes.serving.local), ready on enter, sharing the
+  session's JAX compilation cache with its workers (the second server compiles nothing)."""
 
-  def wait_ready(self) -> dict:
-    deadline = time.monotonic() + self.timeout_s
-    while time.monotonic() < deadline:
-      if self.proc.poll() is not None:
-        raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_tail()}")
-      try:
-        r = httpx.get(self.url + "/health", timeout=2.0)
-        if r.status_code == 200:
-          return r.json()
-      except httpx.HTTPError:
-        pass
-      time.sleep(0.2)
-    raise RuntimeError(f"server not ready after {self.timeout_s} s: {self.log_tail()}")
+  def __init__(self, config_path: str, log_path: str, jax_cache_dir: str | None = None,
+               timeout_s: float = 240.0):
+    env = ({"JAX_COMPILATION_CACHE_DIR": jax_cache_dir,
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"} if jax_cache_dir else None)
+    super().__init__([f"--config={config_path}"], log_path, port=port_of(config_path), env=env,
+                     timeout_s=timeout_s)
 
-  def log_tail(self, n: int = 3000) -> str:
-    self.log.flush()
-    with open(self.log_path) as f:
-      return f.read()[-n:]
+  def terminate(self, timeout_s: float = 120.0) -> int | None:
+    return self.stop(timeout_s)
 
-  def terminate(self, timeout_s: float = 120.0) -> int:
-    if self.proc.poll() is None:
-      self.proc.send_signal(signal.SIGTERM)
-      try:
-        self.proc.wait(timeout_s)
-      except subprocess.TimeoutExpired:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-    return self.proc.returncode
-
-  def __exit__(self, *exc):
-    try:
-      self.terminate()
-    finally:
-      if self.proc.poll() is None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-      self.log.close()
+  def log_tail(self) -> str:
+    return local.log_tail(self.log_path, 40)

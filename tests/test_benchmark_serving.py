@@ -66,13 +66,14 @@ def test_check_positive():
     bm.check_positive(2.5, "n", integer=True)
 
 
-def test_write_config_loads(tmp_path):
+def test_serving_config_of_the_benchmark_loads(tmp_path):
   from bes import config_cli
   from bes.experiment.setup import Setup
-  from bes.serving import config as serve_config
-  path, port = bm.write_config(str(tmp_path), [("m-a", bm.TINY_SHAPE, 4),
-                                               ("m-b", bm.TINY_SHAPE, 2)],
-                               max_len=64, policy="round_robin", queue_capacity=1000)
+  from bes.serving import config as serve_config, local
+  path, port = local.write_serving_config(
+      str(tmp_path), bm.profile_dict([("m-a", 4), ("m-b", 2)]),
+      {"m-a": bm.TINY_SHAPE, "m-b": bm.TINY_SHAPE}, max_len=64, policy="round_robin",
+      env={"queue_capacity": 1000})
   config = config_cli.load_config_file(path)
   assert config.serve.port == port and config.env.queue_capacity == 1000
   setup = Setup.from_config(config)

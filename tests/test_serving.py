@@ -24,8 +24,7 @@ from tests import serving_testing as st
 def server(tmp_path_factory, jax_cache_dir):
   directory = str(tmp_path_factory.mktemp("serve"))
   path = st.write_tiny_config(directory, env_queue_capacity=2)
-  port = int(open(path).read().split("config.serve.port = ")[1].split("\n")[0])
-  with st.ServerProcess(path, port, os.path.join(directory, "server.log"),
+  with st.ServerProcess(path, os.path.join(directory, "server.log"),
                         jax_cache_dir=jax_cache_dir) as proc:
     proc.directory = directory
     yield proc
@@ -193,8 +192,7 @@ def test_failed_engine_fails_its_requests_and_restarts(server, client, fault):
 
 def test_sigterm_drains_every_accepted_request(tmp_path, jax_cache_dir):
   path = st.write_tiny_config(str(tmp_path), env_queue_capacity=32)
-  port = int(open(path).read().split("config.serve.port = ")[1].split("\n")[0])
-  with st.ServerProcess(path, port, str(tmp_path / "server.log"),
+  with st.ServerProcess(path, str(tmp_path / "server.log"),
                         jax_cache_dir=jax_cache_dir) as proc:
     c = openai.OpenAI(base_url=proc.url + "/v1", api_key="unused", max_retries=0, timeout=60)
     with concurrent.futures.ThreadPoolExecutor(6) as pool:

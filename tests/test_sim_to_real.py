@@ -12,8 +12,8 @@ import pytest
 
 from bes import profile as profile_lib
 from bes import quality as quality_lib
-from bes.serving import compare, profiling
-from bes.serving import sim_to_real as s2r
+from bes.serving import profiling
+from bes.serving import local, sim_to_real as s2r
 from configs.serve import cpu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,22 +140,20 @@ def test_check_resume_refuses_other_options(tmp_path):
 
 
 def test_server_that_dies_fails_with_its_log_tail(tmp_path):
-  log = tmp_path / "server.log"
-  with open(log, "w") as f:
-    proc = subprocess.Popen([sys.executable, "-c", "print('loading'); print('boom: bad'); "
-                             "raise SystemExit(3)"], stdout=f, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-  with pytest.raises(ValueError, match=r"exited with code 3.*loading \| boom: bad"):
-    s2r.wait_healthy(proc, f"http://127.0.0.1:{s2r.free_port()}", 30.0, str(log), "x",
-                     lambda _: None, poll_s=0.05)
+  log = str(tmp_path / "server.log")
+  server = local.ServerProcess(["--config=/no/such/config.py"], log, timeout_s=60.0,
+                               what="the server")
+  with pytest.raises(ValueError, match=r"the server exited with code 1 before it was ready.*"
+                     r"no/such/config"):
+    server.start()
 
 
-def test_stop_server_kills_the_process_group():
+def test_stop_process_group_kills_the_group():
   code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', " \
          "'import time; time.sleep(60)']); time.sleep(60)"
   proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
   time.sleep(0.5)
-  assert s2r.stop_server(proc, 5.0) == -15
+  assert local.stop_process_group(proc, 5.0) == -15
   gone = False
   for _ in range(50):                     # the orphaned grandchild is reaped by init
     try:

@@ -26,8 +26,6 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -147,12 +145,6 @@ def check_positive(value, flag: str, integer: bool = False):
 
 
 # ------------------------------------------------------------------------------ deployments
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def profile_dict(models: Sequence[tuple[str, int]]) -> dict:
   """A hand-written profile of `models` [(name, max_batch)] (latencies are not measured: the
   router's view uses them only for deadline_greedy's predictions)."""
@@ -163,83 +155,6 @@ def profile_dict(models: Sequence[tuple[str, int]]) -> dict:
                       "prefill_s_per_token": 1e-5,
                       "quality": {"arc_easy": 0.4 + 0.1 * i, "piqa": 0.6 + 0.1 * i}}
                      for i, (name, b) in enumerate(models)]}
-
-
-def write_config(directory: str, models: Sequence[tuple[str, dict, int]], *, max_len: int,
-                 policy: str, queue_capacity: int, placement: str = "auto",
-                 tokenizer_vocab: int = 512) -> tuple[str, int]:
-  """A serving config file in `directory` for `models` [(name, shape, max_batch)]; returns
-  (path, port)."""
-  os.makedirs(directory, exist_ok=True)
-  profile = os.path.join(directory, "profile.json")
-  with open(profile, "w") as f:
-    json.dump(profile_dict([(n, b) for n, _, b in models]), f)
-  port = free_port()
-  spec = ";".join(f"{n}={json.dumps(s)}" for n, s, _ in models)
-  serve = dict(models=spec, max_len=max_len, placement=placement, policy=policy, port=port,
-               out=os.path.join(directory, "out"), tokenizer_vocab=tokenizer_vocab,
-               hang_timeout_s=30.0)
-  env = {"queue_capacity": queue_capacity, "deadline_s": 5.0, "deadline_per_token_s": 0.0}
-  lines = ["from configs.serve import cpu", "", "def get_config():",
-           "  config = cpu.get_config()", f"  config.profile = {profile!r}",
-           "  config.workload.max_prompt_len = 16", "  config.workload.max_output_len = 16"]
-  lines += [f"  config.env.{k} = {v!r}" for k, v in env.items()]
-  lines += [f"  config.serve.{k} = {v!r}" for k, v in serve.items()]
-  lines += ["  return config", ""]
-  path = os.path.join(directory, "serve_config.py")
-  with open(path, "w") as f:
-    f.write("\n".join(lines))
-  return path, port
-
-
-class Server:
-  """`python -m launch.serve --config=PATH` in its own process group, ready on enter."""
-
-  def __init__(self, config_path: str, port: int, log_path: str, env: dict | None = None,
-               timeout_s: float = 300.0):
-    self.config_path, self.port, self.log_path = config_path, port, log_path
-    self.env = dict(os.environ, **(env or {}))
-    self.env["PYTHONPATH"] = ROOT + os.pathsep + self.env.get("PYTHONPATH", "")
-    self.url = f"http://127.0.0.1:{port}"
-    self.timeout_s = timeout_s
-    self.proc = None
-    self.ready_s = None
-
-  def __enter__(self) -> "Server":
-    import httpx  # pylint: disable=import-outside-toplevel
-    self.log = open(self.log_path, "w")
-    t0 = time.monotonic()
-    self.proc = subprocess.Popen([sys.executable, "-m", "launch.serve",
-                                  f"--config={self.config_path}"], cwd=ROOT, env=self.env,
-                                 stdout=self.log, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
-    while time.monotonic() - t0 < self.timeout_s:
-      if self.proc.poll() is not None:
-        raise RuntimeError(f"server exited with {self.proc.returncode}: {self.tail()}")
-      try:
-        if httpx.get(self.url + "/health", timeout=2.0).status_code == 200:
-          self.ready_s = time.monotonic() - t0
-          return self
-      except httpx.HTTPError:
-        pass
-      time.sleep(0.25)
-    self.__exit__()
-    raise RuntimeError(f"server not ready after {self.timeout_s} s: {self.tail()}")
-
-  def tail(self, n: int = 2000) -> str:
-    self.log.flush()
-    with open(self.log_path) as f:
-      return f.read()[-n:]
-
-  def __exit__(self, *exc):
-    if self.proc is not None and self.proc.poll() is None:
-      self.proc.send_signal(signal.SIGTERM)
-      try:
-        self.proc.wait(60)
-      except subprocess.TimeoutExpired:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-    self.log.close()
 
 
 def prompt(rng: np.random.Generator, length: int, vocab: int) -> list[int]:

@@ -36,15 +36,9 @@ import dataclasses
 import json
 import math
 import os
-import pathlib
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
@@ -52,9 +46,8 @@ import ml_collections
 from bes import config_cli, io_util
 from bes import profile as profile_lib
 from bes.experiment import report
-from bes.serving import compare, profiling
+from bes.serving import compare, local, profiling
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 POLICY_KINDS = ("static", "round_robin", "random", "task_map", "deadline_greedy",
                 "load_threshold", "learned")
 RESUME_KEYS = ("trace", "num_requests", "time_scale", "rate", "config_args")  # policies may be added
@@ -129,22 +122,6 @@ def check_resume(out: str, record: Mapping[str, Any]) -> None:
                        f"{ {k: saved.get(k) for k in differ} }); re-run with the same ones to "
                        f"resume, or choose a new --out")
   io_util.write_text(out, "run.json", json.dumps(dict(record), indent=2) + "\n")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-  with socket.socket() as s:
-    s.bind((host, 0))
-    return s.getsockname()[1]
-
-
-def log_tail(path: str, lines: int = 8) -> str:
-  """The last `lines` non-empty lines of a log, joined by ' | ' (one line for an error)."""
-  try:
-    with open(path, encoding="utf-8", errors="replace") as f:
-      text = [ln.strip() for ln in f.read().splitlines() if ln.strip()]
-  except OSError:
-    return "(no log)"
-  return " | ".join(text[-lines:]) or "(empty log)"
 
 
 # ------------------------------------------------------------------------- steps
@@ -230,7 +207,7 @@ def simulate_policy(config: ml_collections.ConfigDict, trace_csv: str, spec: str
 
 def serve_command(opts: Options, profile_path: str, spec: str, port: int, server_out: str,
                   workdir: str) -> list[str]:
-  cmd = [sys.executable, str(REPO / "launch" / "serve.py"), *opts.config_args,
+  cmd = [sys.executable, str(local.REPO / "launch" / "serve.py"), *opts.config_args,
          f"--config.profile={profile_path}", f"--policy={spec}", "--host=127.0.0.1",
          f"--port={port}", f"--out={server_out}"]
   if workdir:
@@ -242,104 +219,45 @@ _SUBPROCESS_ENV = {}   # set by `run`: what the server and load generator proces
 
 
 def _env() -> dict:
-  env = dict(os.environ)
-  for key, value in _SUBPROCESS_ENV.items():
-    env.setdefault(key, value)
-  env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
-  return env
-
-
-def wait_healthy(proc: subprocess.Popen, url: str, timeout_s: float, log_path: str,
-                 spec: str, log, poll_s: float = 1.0) -> float:
-  """Polls url/health until 200; ValueError (with the log's tail) if the server exits or
-  the time runs out. Returns the seconds waited."""
-  start = time.monotonic()
-  last_note = start
-  while True:
-    if proc.poll() is not None:
-      raise ValueError(f"--policy={spec}: the server exited with code {proc.returncode} before "
-                       f"it was ready; {log_path}: {log_tail(log_path)}")
-    try:
-      with urllib.request.urlopen(f"{url}/health", timeout=5.0) as r:
-        if r.status == 200:
-          return time.monotonic() - start
-    except (urllib.error.URLError, OSError):
-      pass
-    now = time.monotonic()
-    if now - start > timeout_s:
-      raise ValueError(f"--server_timeout_s={timeout_s:g}: the server for {spec} was not ready "
-                       f"in time; {log_path}: {log_tail(log_path)}")
-    if now - last_note >= 10.0:
-      log(f"  waiting for the server's engines to warm up ({now - start:.0f} s)")
-      last_note = now
-    time.sleep(poll_s)
-
-
-def stop_server(proc: subprocess.Popen, timeout_s: float) -> int | None:
-  """SIGTERM to the server (it drains), wait; then SIGKILL whatever is left of its process
-  group (always: no engine worker outlives it). Returns its exit code (None if it did not
-  exit within `timeout_s`)."""
-  if proc.poll() is not None:
-    _kill_group(proc)
-    return proc.returncode
-  try:
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(timeout_s)
-  except (subprocess.TimeoutExpired, OSError):
-    code = None
-  _kill_group(proc)
-  return code
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-  """Kills what is left of the server's process group (its engine workers included)."""
-  try:
-    os.killpg(proc.pid, signal.SIGKILL)
-  except (ProcessLookupError, PermissionError):
-    pass
-  try:
-    proc.wait(10.0)
-  except subprocess.TimeoutExpired:
-    pass
+  return local.child_env({k: v for k, v in _SUBPROCESS_ENV.items() if k not in os.environ})
 
 
 def serve_and_measure(opts: Options, profile_path: str, trace_csv: str, spec: str,
                       workdir: str, pdir: str, log) -> dict:
   """The measured side of `spec`: server up, load generator, drain. Returns a record of the
   server run (port, ready_s, exit code)."""
-  port = free_port()
-  url = f"http://127.0.0.1:{port}"
+  port = local.free_port()
   log_path = os.path.join(pdir, "server.log")
   measured = os.path.join(pdir, "measured")
   shutil.rmtree(measured, ignore_errors=True)     # a partial run's files
   cmd = serve_command(opts, profile_path, spec, port, os.path.join(pdir, "server"), workdir)
   io_util.write_text(pdir, "server_command.txt", " ".join(cmd) + "\n")
-  with open(log_path, "w", encoding="utf-8") as logf:
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=str(REPO),
-                            env=_env(), start_new_session=True)
-  record = {"port": port, "pid": proc.pid}
+  server = local.ServerProcess(cmd[2:], log_path, port=port, env=_env(),
+                               timeout_s=opts.server_timeout_s, what=f"--policy={spec}: the server",
+                               log=log)
+  record = {"port": port}
   try:
-    log(f"  server pid {proc.pid} on {url} (log {log_path})")
-    record["ready_s"] = wait_healthy(proc, url, opts.server_timeout_s, log_path, spec, log)
-    log(f"  server ready after {record['ready_s']:.1f} s; replaying {trace_csv}")
-    lg = [sys.executable, str(REPO / "launch" / "loadgen.py"), f"--url={url}",
+    server.start()
+    record.update(pid=server.pid, ready_s=server.ready_s)
+    log(f"  server pid {server.pid} ready on {server.url} after {server.ready_s:.1f} s; "
+        f"replaying {trace_csv}")
+    lg = [sys.executable, str(local.REPO / "launch" / "loadgen.py"), f"--url={server.url}",
           f"--trace={trace_csv}", f"--out={measured}", "--noprogress",
           f"--timeout_s={opts.request_timeout_s}"]
     with open(os.path.join(pdir, "loadgen.log"), "w", encoding="utf-8") as lf:
-      rc = subprocess.run(lg, stdout=lf, stderr=subprocess.STDOUT, cwd=str(REPO),
+      rc = subprocess.run(lg, stdout=lf, stderr=subprocess.STDOUT, cwd=str(local.REPO),
                           env=_env(), check=False).returncode
     if rc != 0 or not done(os.path.join(measured, "outcomes.csv"),
                            os.path.join(measured, "metrics.json")):
       lp = os.path.join(pdir, "loadgen.log")
       raise ValueError(f"--policy={spec}: the load generator failed (exit {rc}); {lp}: "
-                       f"{log_tail(lp)}")
+                       f"{local.log_tail(lp)}")
   finally:
-    record["exit_code"] = stop_server(proc, opts.drain_timeout_s)
-  # uvicorn re-raises a captured SIGTERM after its graceful shutdown (drain): -SIGTERM is clean.
-  record["clean_exit"] = record["exit_code"] in (0, -signal.SIGTERM)
+    record["exit_code"] = server.stop(opts.drain_timeout_s)
+  record["clean_exit"] = record["exit_code"] == 0       # launch/serve.py exits 0 after a drain
   if not record["clean_exit"]:
     log(f"  warning: the server did not exit cleanly (code {record['exit_code']}); "
-        f"{log_path}: {log_tail(log_path, 3)}")
+        f"{log_path}: {local.log_tail(log_path, 3)}")
   else:
     log("  server drained and exited")
   io_util.write_text(pdir, "server.json", json.dumps(record, indent=2) + "\n")

@@ -26,7 +26,7 @@ import numpy as np
 import psutil
 
 from bes import io_util
-from bes.serving import compare, sim_to_real
+from bes.serving import compare, local
 
 
 def _sample_memory(root_pid: int, stop: threading.Event, rows: list, sample_s: float) -> None:
@@ -90,36 +90,31 @@ def run_soak(config_args: list[str], config, *, rate: float, duration_s: float, 
                                  max_output_len=max(1, max_len // 4), out_csv=trace)
   log(f"soak: {summary['rows']} requests over {duration_s:.0f} s (bursty, mean "
       f"{summary['rate']:.2f} req/s) -> {trace}")
-  port = sim_to_real.free_port()
-  url = f"http://127.0.0.1:{port}"
+  server = local.ServerProcess(
+      [*config_args, f"--policy={policy}", "--host=127.0.0.1",
+       f"--out={os.path.join(out, 'server')}"], os.path.join(out, "server.log"), log=log,
+      what="soak: the server")
   server_out = os.path.join(out, "server")
-  cmd = [sys.executable, str(sim_to_real.REPO / "launch" / "serve.py"), *config_args,
-         f"--policy={policy}", "--host=127.0.0.1", f"--port={port}", f"--out={server_out}"]
-  log_path = os.path.join(out, "server.log")
-  with open(log_path, "w", encoding="utf-8") as logf:
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
-                            cwd=str(sim_to_real.REPO), env=sim_to_real._env(),  # pylint: disable=protected-access
-                            start_new_session=True)
   rows, stop = [], threading.Event()
   try:
-    ready_s = sim_to_real.wait_healthy(proc, url, 600.0, log_path, policy, log)
-    log(f"soak: server ready after {ready_s:.1f} s on {url}; replaying")
-    sampler = threading.Thread(target=_sample_memory, args=(proc.pid, stop, rows, sample_s),
+    server.start()
+    log(f"soak: server ready after {server.ready_s:.1f} s on {server.url}; replaying")
+    sampler = threading.Thread(target=_sample_memory, args=(server.pid, stop, rows, sample_s),
                                daemon=True)
     sampler.start()
     measured = os.path.join(out, "measured")
-    lg = [sys.executable, str(sim_to_real.REPO / "launch" / "loadgen.py"), f"--url={url}",
+    lg = [sys.executable, str(local.REPO / "launch" / "loadgen.py"), f"--url={server.url}",
           f"--trace={trace}", f"--out={measured}", "--noprogress"]
     start = time.monotonic()
     with open(os.path.join(out, "loadgen.log"), "w", encoding="utf-8") as lf:
-      rc = subprocess.run(lg, stdout=lf, stderr=subprocess.STDOUT, cwd=str(sim_to_real.REPO),
-                          env=sim_to_real._env(), check=False).returncode  # pylint: disable=protected-access
+      rc = subprocess.run(lg, stdout=lf, stderr=subprocess.STDOUT, cwd=str(local.REPO),
+                          env=local.child_env(), check=False).returncode
     wall_s = time.monotonic() - start
     stop.set()
     sampler.join()
   finally:
     stop.set()
-    exit_code = sim_to_real.stop_server(proc, 600.0)
+    exit_code = server.stop(600.0)
   io_util.write_text(out, "memory.csv", "t_s,pid,process,rss_mib\n" + "".join(
       f"{t:.1f},{pid},{name},{rss:.1f}\n" for t, pid, name, rss in rows))
   if rc != 0:
