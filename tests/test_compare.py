@@ -11,7 +11,7 @@ import pytest
 from bes import config_cli
 from bes.experiment import report
 from bes.profile import default_profile
-from bes.serving import compare as cmp
+from bes.serving import compare as cmp, traces
 from bes.workloads import trace as trace_lib
 from bes.workloads import default_workload_config, workload_from_config
 
@@ -171,7 +171,7 @@ def _small_trace(tmp_path, task_column=False):
 
 def test_prepare_trace_clips_and_shifts(tmp_path):
   out = str(tmp_path / "p.csv")
-  s = cmp.prepare_trace(_small_trace(tmp_path), TASKS, max_context=2048, out_csv=out)
+  s = traces.prepare_trace(_small_trace(tmp_path), TASKS, max_context=2048, out_csv=out)
   t = trace_lib.load_trace_csv(out, TASKS)
   np.testing.assert_array_equal(t.arrival_s, [0.0, 1.0, 3.0, 4.0])
   assert t.prompt_len.tolist() == [1, 100, 1948, 1]
@@ -184,31 +184,31 @@ def test_prepare_trace_clips_and_shifts(tmp_path):
 
 def test_prepare_trace_time_scale_rate_and_truncation(tmp_path):
   src, out = _small_trace(tmp_path), str(tmp_path / "p.csv")
-  cmp.prepare_trace(src, TASKS, max_context=4096, time_scale=2.0, out_csv=out)
+  traces.prepare_trace(src, TASKS, max_context=4096, time_scale=2.0, out_csv=out)
   np.testing.assert_array_equal(trace_lib.load_trace_csv(out, TASKS).arrival_s, [0, 2, 6, 8])
-  s = cmp.prepare_trace(src, TASKS, max_context=4096, rate=2.0, out_csv=out)
+  s = traces.prepare_trace(src, TASKS, max_context=4096, rate=2.0, out_csv=out)
   np.testing.assert_allclose(trace_lib.load_trace_csv(out, TASKS).arrival_s, [0, 0.5, 1.5, 2])
   assert s["mean_rate"] == pytest.approx(2.0)
-  s = cmp.prepare_trace(src, TASKS, max_context=4096, num_requests=3, rate=1.0, out_csv=out)
+  s = traces.prepare_trace(src, TASKS, max_context=4096, num_requests=3, rate=1.0, out_csv=out)
   assert s["rows"] == 3 and s["mean_rate"] == pytest.approx(1.0)
   with pytest.raises(ValueError, match="at most one of time_scale and rate"):
-    cmp.prepare_trace(src, TASKS, max_context=4096, rate=1.0, time_scale=2.0, out_csv=out)
+    traces.prepare_trace(src, TASKS, max_context=4096, rate=1.0, time_scale=2.0, out_csv=out)
   with pytest.raises(ValueError, match="max_context"):
-    cmp.prepare_trace(src, TASKS, max_context=1, out_csv=out)
+    traces.prepare_trace(src, TASKS, max_context=1, out_csv=out)
 
 
 def test_prepare_trace_tasks(tmp_path):
   out_a, out_b = str(tmp_path / "a.csv"), str(tmp_path / "b.csv")
-  s = cmp.prepare_trace(_small_trace(tmp_path, task_column=True), TASKS, max_context=2048,
+  s = traces.prepare_trace(_small_trace(tmp_path, task_column=True), TASKS, max_context=2048,
                         out_csv=out_a)
   assert s["tasks_from"] == "trace"
   assert trace_lib.load_trace_csv(out_a, TASKS).task.tolist() == [0, 1, 0, 1]
   # No task column: uniform, seeded.
   kw = dict(max_context=2048, num_requests=400)
-  cmp.prepare_trace(CODE_TRACE, TASKS, seed=3, out_csv=out_a, **kw)
-  cmp.prepare_trace(CODE_TRACE, TASKS, seed=3, out_csv=out_b, **kw)
+  traces.prepare_trace(CODE_TRACE, TASKS, seed=3, out_csv=out_a, **kw)
+  traces.prepare_trace(CODE_TRACE, TASKS, seed=3, out_csv=out_b, **kw)
   assert open(out_a).read() == open(out_b).read()
-  s = cmp.prepare_trace(CODE_TRACE, TASKS, seed=4, out_csv=out_b, **kw)
+  s = traces.prepare_trace(CODE_TRACE, TASKS, seed=4, out_csv=out_b, **kw)
   assert open(out_a).read() != open(out_b).read()
   assert all(60 <= n <= 140 for n in s["task_counts"].values()), s["task_counts"]
 
@@ -216,7 +216,7 @@ def test_prepare_trace_tasks(tmp_path):
 def test_prepared_trace_is_what_the_simulator_replays(tmp_path):
   """The config --trace builds keeps the file's exact timing, lengths and task column."""
   out = str(tmp_path / "p.csv")
-  cmp.prepare_trace(CODE_TRACE, TASKS, max_context=2048, num_requests=300, rate=7.3, seed=1,
+  traces.prepare_trace(CODE_TRACE, TASKS, max_context=2048, num_requests=300, rate=7.3, seed=1,
                     out_csv=out)
   cfg = ml_collections.ConfigDict({"workload": default_workload_config().to_dict()},
                                   type_safe=False)
@@ -232,13 +232,13 @@ def test_prepared_trace_is_what_the_simulator_replays(tmp_path):
 # ----------------------------------------------------------------- bursty traces
 def test_bursty_trace_deterministic_and_extends(tmp_path):
   a, b, c = (str(tmp_path / f"{n}.csv") for n in "abc")
-  s = cmp.bursty_trace(4.0, 60.0, TASKS, seed=7, out_csv=a)
-  cmp.bursty_trace(4.0, 60.0, TASKS, seed=7, out_csv=b)
+  s = traces.bursty_trace(4.0, 60.0, TASKS, seed=7, out_csv=a)
+  traces.bursty_trace(4.0, 60.0, TASKS, seed=7, out_csv=b)
   assert open(a).read() == open(b).read()
-  long = cmp.bursty_trace(4.0, 120.0, TASKS, seed=7, out_csv=c)
+  long = traces.bursty_trace(4.0, 120.0, TASKS, seed=7, out_csv=c)
   assert open(c).read().startswith(open(a).read())
   assert long["rows"] > s["rows"]
-  cmp.bursty_trace(4.0, 60.0, TASKS, seed=8, out_csv=b)
+  traces.bursty_trace(4.0, 60.0, TASKS, seed=8, out_csv=b)
   assert open(a).read() != open(b).read()
   t = trace_lib.load_trace_csv(a, TASKS)
   assert t.arrival_s[-1] < 60.0 and t.task is not None
@@ -248,13 +248,13 @@ def test_bursty_trace_deterministic_and_extends(tmp_path):
 def test_bursty_trace_mean_rate(tmp_path):
   out = str(tmp_path / "b.csv")
   # Poisson limit: tight.
-  s = cmp.bursty_trace(5.0, 400.0, TASKS, rate_sigma=0.0, cv_median=1.0, cv_sigma=0.0,
+  s = traces.bursty_trace(5.0, 400.0, TASKS, rate_sigma=0.0, cv_median=1.0, cv_sigma=0.0,
                        prompt=(np.log(100), 0.0), output=(np.log(20), 0.0), seed=0, out_csv=out)
   assert s["rate"] == pytest.approx(5.0, rel=0.1)
   t = trace_lib.load_trace_csv(out, TASKS)
   assert set(t.prompt_len.tolist()) == {100} and set(t.output_len.tolist()) == {20}
   # Default (Azure-code) burstiness: per-window rates vary by ~160 %; 400 windows.
-  s = cmp.bursty_trace(2.0, 4000.0, TASKS, seed=0, out_csv=out)
+  s = traces.bursty_trace(2.0, 4000.0, TASKS, seed=0, out_csv=out)
   assert s["rate"] == pytest.approx(2.0, rel=0.25)
   assert s["bursty"]["rate_sigma"] == 1.14
 
@@ -262,9 +262,9 @@ def test_bursty_trace_mean_rate(tmp_path):
 # ----------------------------------------------------------------- round trip
 def test_round_trip_through_the_simulator(tmp_path):
   trace = str(tmp_path / "t.csv")
-  cmp.prepare_trace(CODE_TRACE, TASKS, max_context=2048, num_requests=200, rate=10.0,
+  traces.prepare_trace(CODE_TRACE, TASKS, max_context=2048, num_requests=200, rate=10.0,
                     out_csv=trace)
-  sim, profile = cmp.simulate_trace(trace, "round_robin", {"simulate.chunk": 200})
+  sim, profile = traces.simulate_trace(trace, "round_robin", {"simulate.chunk": 200})
   assert sim["arrival"].size == 200
   path = _write(tmp_path / "outcomes.csv", report.outcomes_csv(sim))
   back = cmp.read_outcomes_csv(path, profile)
@@ -281,7 +281,7 @@ def test_round_trip_through_the_simulator(tmp_path):
 @pytest.mark.slow   # subprocess
 def test_launcher_outcomes_match_simulate_trace(tmp_path):
   trace = str(tmp_path / "t.csv")
-  cmp.prepare_trace(CODE_TRACE, TASKS, max_context=2048, num_requests=150, rate=10.0,
+  traces.prepare_trace(CODE_TRACE, TASKS, max_context=2048, num_requests=150, rate=10.0,
                     out_csv=trace)
   out = tmp_path / "sim"
   r = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "simulate.py"),
@@ -289,6 +289,6 @@ def test_launcher_outcomes_match_simulate_trace(tmp_path):
                      capture_output=True, text=True, cwd=ROOT, timeout=600)
   assert r.returncode == 0, r.stderr
   launched = cmp.read_outcomes_csv(str(out / "outcomes.csv"), PROFILE)
-  sim, profile = cmp.simulate_trace(trace, "static:0", {"simulate.chunk": 150})
+  sim, profile = traces.simulate_trace(trace, "static:0", {"simulate.chunk": 150})
   c = cmp.compare(sim, launched, profile)
   assert c["delta"]["latency_err_p90_pct"] == 0 and cmp.targets_met(c["delta"])["all"]

@@ -6,7 +6,7 @@
                   `config.serve` measured by its own pinned engine worker
                   (`bes.serving.profiling`) -> profile.json (+ profile_raw.json); else
                   `config.profile` copied to profile.json. Everything below uses profile.json.
-  2. trace        `compare.prepare_trace` (max context `config.serve.max_len`, the profile's
+  2. trace        `traces.prepare_trace` (max context `config.serve.max_len`, the profile's
                   tasks) -> trace.csv, trace.json (its summary).
   3. router       only when a policy is `learned`: `bes.experiment.train.train` on the config
                   (with profile.json) in the training workdir (resumes / reuses one).
@@ -14,7 +14,7 @@
        simulated/  the prepared trace through the jitted environment (`simulate_policy`: the
                    policy built by `routing.load_policy` exactly as the server builds it, one
                    recorded episode by `evaluate.run_policy`, key PRNGKey(config.seed) as
-                   `compare.simulate_trace`) -> outcomes.csv, metrics.json, table.txt;
+                   `traces.simulate_trace`) -> outcomes.csv, metrics.json, table.txt;
        server.log, server/   `launch/serve.py` as a subprocess in its own process group
                    (same config and overrides, --config.profile=profile.json, --policy=P, a
                    free port), polled on GET /health until 200;
@@ -46,7 +46,7 @@ import ml_collections
 from bes import config_cli, io_util
 from bes import profile as profile_lib
 from bes.experiment import report
-from bes.serving import compare, local, profiling
+from bes.serving import compare, local, profiling, traces
 
 POLICY_KINDS = ("static", "round_robin", "random", "task_map", "deadline_greedy",
                 "load_threshold", "learned")
@@ -159,7 +159,7 @@ def step_trace(opts: Options, out: str, profile: profile_lib.Profile, log) -> st
   if done(path, os.path.join(out, "trace.json")):
     log(f"[2/5] trace: reusing {path}")
     return path
-  summary = compare.prepare_trace(
+  summary = traces.prepare_trace(
       opts.trace, profile.tasks, max_context=int(opts.config.serve.max_len),
       num_requests=opts.num_requests, time_scale=opts.time_scale, rate=opts.rate,
       seed=int(opts.config.get("seed", 0)),

@@ -1,6 +1,6 @@
 """A soak of the serving runtime over loopback: a bursty trace above capacity for minutes.
 
-`run_soak` generates a bursty trace (`compare.bursty_trace`) at `rate` for `duration_s`,
+`run_soak` generates a bursty trace (`traces.bursty_trace`) at `rate` for `duration_s`,
 starts `launch/serve.py` (its own process group), replays the trace open-loop with
 `launch/loadgen.py`, samples the resident memory of the server and of every engine worker
 (psutil, every `sample_s`) while it runs, drains the server with SIGTERM and checks:
@@ -26,7 +26,7 @@ import numpy as np
 import psutil
 
 from bes import io_util
-from bes.serving import compare, local
+from bes.serving import local, traces
 
 
 def _sample_memory(root_pid: int, stop: threading.Event, rows: list, sample_s: float) -> None:
@@ -85,7 +85,7 @@ def run_soak(config_args: list[str], config, *, rate: float, duration_s: float, 
   setup = Setup.from_config(config)
   max_len = int(config.serve.max_len)
   trace = os.path.join(out, "trace.csv")
-  summary = compare.bursty_trace(rate, duration_s, list(setup.profile.tasks), seed=seed,
+  summary = traces.bursty_trace(rate, duration_s, list(setup.profile.tasks), seed=seed,
                                  max_prompt_len=max(1, max_len // 2),
                                  max_output_len=max(1, max_len // 4), out_csv=trace)
   log(f"soak: {summary['rows']} requests over {duration_s:.0f} s (bursty, mean "
