@@ -48,6 +48,7 @@ import numpy as np
 from bes import io_util, metrics
 from bes.experiment import report
 from bes.profile import Profile, profile_from_dict
+from bes.serving import traces
 from bes.workloads.trace import TraceData, load_trace_csv, scale_to_rate
 
 # httpx logs every request at INFO, which absl's logging shows: one line per request.
@@ -153,19 +154,13 @@ class Schedule:
 
 
 def clip_lengths(prompt_len, output_len, max_context: int) -> tuple[np.ndarray, np.ndarray, int, int]:
-  """Fits every request into `max_context` tokens, the prompt shortened first (to 1 token at
-  least), then the output. Empty prompts become 1 token. Returns (prompt, output,
-  number clipped, number raised from 0)."""
-  if max_context < 2:
-    raise ValueError(f"max_context: expected >= 2 tokens (1 prompt + 1 output), got {max_context}")
-  p = np.asarray(prompt_len, np.int64)
-  n = np.asarray(output_len, np.int64)
-  raised = p < 1
-  p = np.maximum(p, 1)
-  over = p + n > max_context
-  p2 = np.where(over, np.maximum(max_context - n, 1), p)
-  n2 = np.minimum(n, max_context - p2)
-  return p2, n2, int(over.sum()), int(raised.sum())
+  """`bes.serving.traces.clip_lengths` (prompt shortened first, to 1 token at least, then
+  the output; empty prompts become 1 token), with the counts: (prompt, output, number
+  clipped, number raised from 0)."""
+  p0, n0 = np.asarray(prompt_len, np.int64), np.asarray(output_len, np.int64)
+  p, n = traces.clip_lengths(p0, n0, max_context)
+  over = np.maximum(p0, 1) + n0 > max_context
+  return p, n, int(over.sum()), int((p0 < 1).sum())
 
 
 def build_schedule(trace: TraceData, deployment: Deployment, *, time_scale: float | None = None,
