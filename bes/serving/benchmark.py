@@ -197,9 +197,9 @@ class _PipeHandle:
     finished, self._running = tuple(self._running), list(admitted)
     if admitted or finished:
       self.on_event(protocol.Iteration(
-          instance=self.spec.instance, start=last, end=now, admitted=admitted,
+          instance=self.spec.instance, start=last, end=now, admitted_rids=admitted,
           tokens=tuple((r, 5, 0.0) for r in finished),
-          finished=tuple((r, protocol.LENGTH) for r in finished),
+          completed=tuple((r, protocol.LENGTH) for r in finished),
           running=len(admitted), waiting=0))
 
   def shutdown(self, **_):
@@ -386,7 +386,7 @@ def _standalone_child(spec, prompt_len: int, max_tokens: int, concurrency: int,
         if not batch:
           marks["start"] = (it.end, proc_cpu_s(), core_jiffies(spec.cpus[0]))
         batch.append(len(it.tokens))
-      for _ in it.finished:
+      for _ in it.completed:
         submit()
       if it.end > t2:
         marks["end"] = (it.end, proc_cpu_s(), core_jiffies(spec.cpus[0]))

@@ -172,9 +172,9 @@ class EngineLoop:
     self.free_slots.sort()
     return protocol.Iteration(
         instance=self.instance, start=start, end=self.clock(),
-        admitted=tuple(r.msg.rid for r in admitted),
+        admitted_rids=tuple(r.msg.rid for r in admitted),
         tokens=tuple((r.msg.rid, tok, lp) for r, tok, lp in produced),
-        finished=tuple(finished), running=len(self.running), waiting=len(self.waiting))
+        completed=tuple(finished), running=len(self.running), waiting=len(self.waiting))
 
   def warmup(self) -> float:
     """Compiles every shape the loop runs (prefill_batch + insert_batch at every (bucket,

@@ -329,7 +329,7 @@ class Frontend:
       self.metrics.queues(self)
 
   def _on_iteration(self, inst: InstanceMirror, msg: protocol.Iteration) -> None:
-    for rid in msg.admitted:
+    for rid in msg.admitted_rids:
       req = inst.waiting.pop(rid, None)
       if req is not None:
         req.admitted_at = msg.start
@@ -341,7 +341,7 @@ class Frontend:
           req.first_token_at = msg.end
         req.output.append(int(token))
         req.events.put_nowait(("token", int(token)))
-    for rid, reason in msg.finished:
+    for rid, reason in msg.completed:
       req = inst.running.pop(rid, None)
       if req is not None:
         req.done_at, req.finish_reason = msg.end, reason

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 
-# Why a request finished (Iteration.finished), as OpenAI's `finish_reason`.
+# Why a request completed (Iteration.completed), as OpenAI's `finish_reason`.
 LENGTH, STOP = "length", "stop"
 
 
@@ -71,18 +71,18 @@ class Iteration:
 
   start, end: monotonic seconds of the iteration's start (before admission) and end (after
     its tokens are on the host).
-  admitted: rids admitted at the start, FIFO order (each produced its first token).
+  admitted_rids: rids admitted at the start, FIFO order (each produced its first token).
   tokens: (rid, token id, logprob) for every request that produced a token this iteration.
-  finished: (rid, reason) for every request that completed (reason LENGTH or STOP).
+  completed: (rid, reason) for every request that completed (reason LENGTH or STOP).
   running, waiting: the instance's running and waiting requests after the iteration
     (finished ones removed; includes requests submitted while it ran).
   """
   instance: int
   start: float
   end: float
-  admitted: tuple
+  admitted_rids: tuple
   tokens: tuple
-  finished: tuple
+  completed: tuple
   running: int
   waiting: int
 

@@ -313,7 +313,7 @@ class WorkerHandle:
             if isinstance(msg, protocol.Ready):
               self._ready = True
             elif isinstance(msg, protocol.Iteration):
-              self._outstanding.difference_update(rid for rid, _ in msg.finished)
+              self._outstanding.difference_update(rid for rid, _ in msg.completed)
             elif isinstance(msg, protocol.Rejected):
               self._outstanding.discard(msg.rid)
             elif isinstance(msg, protocol.Fatal):

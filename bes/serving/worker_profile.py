@@ -86,7 +86,7 @@ def measure(loop, lengths, repeats: int, warmup: int, admit_counts=(1, 2, 4),
       loop.step()
       for i in range(warmup + k):
         it = loop.step()
-        assert not it.admitted and len(it.tokens) == b, it
+        assert not it.admitted_rids and len(it.tokens) == b, it
         if i >= warmup:
           decode[b - 1].append(it.end - it.start)
       assert loop.idle
@@ -99,7 +99,7 @@ def measure(loop, lengths, repeats: int, warmup: int, admit_counts=(1, 2, 4),
         for _ in range(count):
           submit(length, 1)
         it = loop.step()
-        assert len(it.admitted) == count and loop.idle, it
+        assert len(it.admitted_rids) == count and loop.idle, it
         if r >= warmup:
           times[i].append(it.end - it.start)
     return [statistics.fmean(t) for t in times]
