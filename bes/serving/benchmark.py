@@ -34,7 +34,8 @@ from typing import Sequence
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bes.serving import local
+
 TASKS = ["arc_easy", "piqa"]
 TINY_SHAPE = {"vocab_size": 512, "hidden_size": 32, "num_hidden_layers": 2,
               "num_attention_heads": 4, "ffn_dim": 64, "max_position_embeddings": 128}
@@ -412,11 +413,10 @@ def standalone_throughput(spec, *, prompt_len: int, max_tokens: int, concurrency
   is started in its own session, as the server (and so its workers) is: with the kernel's
   autogroup scheduling a session is a scheduling group, so both get the same treatment."""
   import pickle  # pylint: disable=import-outside-toplevel
-  child_env = dict(os.environ, **(env or {}))
-  child_env["PYTHONPATH"] = ROOT + os.pathsep + child_env.get("PYTHONPATH", "")
+  child_env = local.child_env(env)
   args = (spec, prompt_len, max_tokens, concurrency, warmup_s, window_s)
   r = subprocess.run([sys.executable, "-m", "bes.serving.benchmark"], input=pickle.dumps(args),
-                     capture_output=True, cwd=ROOT, env=child_env, start_new_session=True,
+                     capture_output=True, cwd=str(local.REPO), env=child_env, start_new_session=True,
                      timeout=600)
   try:
     result = json.loads(r.stdout.decode().strip().splitlines()[-1])
