@@ -87,6 +87,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.rate_multipliers = ""  # e.g. '0.25,0.5,1,2,4': env i trains at rate * m[i % k]
   config.train.tune_heuristics = True  # tune the hand-written baselines on the same workload
 
+  # Device mesh (bes/parallel/mesh.py): sizes of its axes; -1 = the devices left over.
+  # seed: vmapped seeds; data: parallel environments, batches, sweep points; model: tensor
+  # parallelism of served models. A run resumes on any mesh (these keys are not compared).
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.seed = 1                # devices along the seed axis (divides num_seeds)
+  config.mesh.data = -1               # devices along the data axis (divides dqn.num_envs)
+  config.mesh.model = 1               # devices along the model (tensor-parallel) axis
+
   config.seed = 0                     # network init, workload draws and exploration
   config.num_seeds = 1                # seeds trained together (vmapped), keys split from seed
   return config

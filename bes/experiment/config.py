@@ -6,6 +6,7 @@ errors that name the key (`config.dqn.huber_delta: expected > 0, got 0`):
   config.dqn       -> bes.router.config.DQNConfig
   config.train     -> bes.router.config.TrainConfig
   config.simulate  -> SimulateConfig (evaluation runs: requests, policies, windows, chunks)
+  config.mesh      -> bes.parallel.mesh.MeshConfig (device mesh axis sizes)
 
 Code below `bes.experiment` takes these typed configs and never reads a ConfigDict.
 """
@@ -17,6 +18,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from bes.parallel.mesh import MeshConfig
 from bes.profile import Profile, default_profile, load_profile
 from bes.router.config import DQNConfig, TrainConfig
 from bes.config_cli import flatten
@@ -127,6 +129,12 @@ def train_config(config: ml_collections.ConfigDict, dqn: DQNConfig) -> TrainConf
 def simulate_config(config: ml_collections.ConfigDict) -> SimulateConfig:
   """`config.simulate` -> a validated SimulateConfig."""
   return typed_section(SimulateConfig, config.simulate, "config.simulate").validate()
+
+
+def mesh_config(config: ml_collections.ConfigDict) -> MeshConfig:
+  """`config.mesh` -> a validated MeshConfig (a config without the section: the defaults)."""
+  section = config.get("mesh")
+  return MeshConfig.from_mapping(None if section is None else section.to_dict())
 
 
 def seeds(config: ml_collections.ConfigDict) -> tuple[int, int]:
