@@ -238,9 +238,47 @@ def serve_memory_plan(model, model_axis: int, batch: int = 32, max_len: int = 20
   return plan
 
 
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def serve_plan(instances, max_len: int, dtype: str = "bfloat16", pod: Pod | None = None
+               ) -> dict[str, Any]:
+  """The serving dry run's plan: `instances` is a list of (name, model (OPT name or
+  OPTConfig), model_axis (devices of the instance), batch (KV-cache slots, the profile's max
+  batch)); each gets `serve_memory_plan` with `max_len` tokens per slot in `dtype`, checked
+  against `pod`'s HBM (warnings). JSON-able; `format_plan` prints it."""
+  if dtype not in DTYPE_BYTES:
+    raise ValueError(f"config.serve.dtype: expected one of {sorted(DTYPE_BYTES)}, got {dtype!r}")
+  rows, warnings = [], []
+  for name, model, model_axis, batch in instances:
+    row = serve_memory_plan(model, model_axis, batch=batch, max_len=max_len,
+                            bytes_per_value=DTYPE_BYTES[dtype],
+                            hbm_gib_per_device=pod.hbm_gib_per_device if pod else 0.0,
+                            device_kind=pod.device_kind if pod else "device")
+    row["model"] = name
+    warnings += row["warnings"]
+    rows.append(row)
+  devices = sum(r["model_axis"] for r in rows)
+  if pod and devices > pod.num_devices:
+    warnings.append(f"WARNING: the instances take {devices} devices, the pod has "
+                    f"{pod.num_devices}")
+  return dict(kind="serve_instances", pod=dataclasses.asdict(pod) if pod else None,
+              dtype=dtype, max_len=max_len, devices=devices, instances=rows, warnings=warnings)
+
+
 def format_plan(plan: dict[str, Any]) -> str:
   """A plan as readable text (train / serve plans; a sweep plan's 'hosts' rows likewise)."""
   lines = []
+  if plan["kind"] == "serve_instances":
+    if plan["pod"]:
+      pod = plan["pod"]
+      lines.append(f"pod: {pod['num_hosts']} host(s) x {pod['devices_per_host']} "
+                   f"{pod['platform']} device(s) ({pod['device_kind']}, "
+                   f"{pod['hbm_gib_per_device']:g} GiB each; from {pod['source']})")
+    lines.append(f"{len(plan['instances'])} instance(s) on {plan['devices']} device(s), "
+                 f"{plan['dtype']}, {plan['max_len']} tokens per KV-cache slot:")
+    lines += ["  " + format_plan(dict(r, warnings=[])) for r in plan["instances"]]
+    return "\n".join(lines + plan["warnings"])
   if plan["kind"] == "serve":
     lines.append(f"serve {plan['model']} ({plan['num_params'] / 1e9:.2f} B params) over a model "
                  f"axis of {plan['model_axis']}: params {plan['params_bytes_per_device'] / GIB:.2f}"
