@@ -137,7 +137,8 @@ def main(argv):
   if _DRY_RUN.value:
     print(hosts.describe_hosts(plans, count, _PARALLEL.value, kind, ids, slots, _pod(spec)))
     print(f"process {index}'s points:")
-    print(runner.describe(selected, runner.point_done, runner.step_done))
+    print(runner.describe(selected, runner.point_done, runner.step_done,
+                          hosts.step_owners(plans, count), index))
     return
   since = time.time()
   failed_name = "failed.txt" if count == 1 else f"failed.process-{index}.txt"

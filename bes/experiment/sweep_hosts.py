@@ -33,7 +33,7 @@ from typing import Mapping, Sequence
 
 from bes import io_util
 
-POLL_S = 5.0
+POLL_S = 2.0   # s between looks at another process's markers
 
 
 def _int_env(env: Mapping[str, str], key: str) -> int | None:
