@@ -266,15 +266,19 @@ def serve_plan(instances, max_len: int, dtype: str = "bfloat16", pod: Pod | None
               dtype=dtype, max_len=max_len, devices=devices, instances=rows, warnings=warnings)
 
 
+def _pod_line(pod: dict) -> str:
+  memory = (f"{pod['hbm_gib_per_device']:g} GiB each" if pod["hbm_gib_per_device"]
+            else "memory unknown")
+  return (f"pod: {pod['num_hosts']} host(s) x {pod['devices_per_host']} {pod['platform']} "
+          f"device(s) ({pod['device_kind']}, {memory}; from {pod['source']})")
+
+
 def format_plan(plan: dict[str, Any]) -> str:
   """A plan as readable text (train / serve plans; a sweep plan's 'hosts' rows likewise)."""
   lines = []
   if plan["kind"] == "serve_instances":
     if plan["pod"]:
-      pod = plan["pod"]
-      lines.append(f"pod: {pod['num_hosts']} host(s) x {pod['devices_per_host']} "
-                   f"{pod['platform']} device(s) ({pod['device_kind']}, "
-                   f"{pod['hbm_gib_per_device']:g} GiB each; from {pod['source']})")
+      lines.append(_pod_line(plan["pod"]))
     lines.append(f"{len(plan['instances'])} instance(s) on {plan['devices']} device(s), "
                  f"{plan['dtype']}, {plan['max_len']} tokens per KV-cache slot:")
     lines += ["  " + format_plan(dict(r, warnings=[])) for r in plan["instances"]]
@@ -287,9 +291,7 @@ def format_plan(plan: dict[str, Any]) -> str:
                  "per device")
     return "\n".join(lines + plan["warnings"])
   pod = plan["pod"]
-  lines.append(f"pod: {pod['num_hosts']} host(s) x {pod['devices_per_host']} {pod['platform']} "
-               f"device(s) ({pod['device_kind']}, {pod['hbm_gib_per_device']:g} GiB each; "
-               f"from {pod['source']})")
+  lines.append(_pod_line(pod))
   mesh = plan.get("mesh")
   if mesh:
     lines.append("mesh: " + " x ".join(f"{k}={v}" for k, v in mesh.items())
@@ -301,7 +303,7 @@ def format_plan(plan: dict[str, Any]) -> str:
                  "per device)")
     for h in plan["hosts"]:
       lines.append(f"  host {h['host']}: devices {h['devices']}, seeds {h['seeds']}, "
-                   f"environments {h['envs']} of each")
+                   f"environments {h['envs']} of each seed")
     if "memory" in plan:
       mem = plan["memory"]
       parts = ", ".join(f"{k} {v['per_device'] / 2**20:.1f} MiB" for k, v in mem["groups"].items())
