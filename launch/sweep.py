@@ -97,7 +97,7 @@ def _pod(spec):
   return None if pod is None else dict(pod)
 
 
-def _aggregate(spec, plans, out, missing, count):
+def _aggregate(spec, plans, out, missing):
   if missing:
     return f"not aggregated: {hosts.missing_line(missing, len(plans))}"
   num_rows, _ = runner.write_outputs(spec, plans, out)
@@ -123,8 +123,8 @@ def main(argv):
   if _AGGREGATE_ONLY.value:
     if not os.path.exists(os.path.join(out, "COMMAND.txt")):
       sys.exit(f"sweep.py: error: --aggregate_only: {out} holds no sweep (no COMMAND.txt)")
-    error = _aggregate(spec, plans, out, hosts.missing_by_process(plans, runner.point_done,
-                                                                  count), count)
+    error = _aggregate(spec, plans, out,
+                       hosts.missing_by_process(plans, runner.point_done, count))
     if error:
       sys.exit(f"sweep.py: error: {error}; run their slices (--process_index=...) first")
     return
@@ -155,7 +155,7 @@ def main(argv):
     if index == 0:
       missing = hosts.wait_for_slices(plans, runner.point_done, out, count, since,
                                       _AGGREGATE_WAIT_S.value)
-      error = _aggregate(spec, plans, out, missing, count)
+      error = _aggregate(spec, plans, out, missing)
       if error:
         print(f"\n{error}; once they are done: {command} --aggregate_only")
     else:

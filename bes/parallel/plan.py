@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from bes.parallel.mesh import MESH_AXES, MeshConfig
+from bes.parallel.mesh import MESH_AXES
 
 GIB = 2 ** 30
 _PLATFORMS = ("tpu", "gpu", "cpu")
