@@ -35,6 +35,9 @@ def test_pod_config_plans(name):
   assert p["batch_per_device"] == batch_per_device
   assert p["envs_per_device"] == config.dqn.num_envs // mesh[1] == 64
   assert p["seeds_per_device"] * mesh[0] == config.num_seeds
+  # per host: every seed it holds times its share of the environments and of the batch
+  assert sum(h["batch"] for h in p["hosts"]) == config.num_seeds * config.dqn.batch_size
+  assert sum(h["env_copies"] for h in p["hosts"]) == config.num_seeds * config.dqn.num_envs
   assert "mesh: seed={} x data={} x model={}".format(*mesh) in plan_lib.format_plan(p)
 
 
@@ -44,6 +47,7 @@ def test_v5p_32_hosts_hold_one_seed_each_and_exact_memory():
   # devices numbered host by host onto the (4, 4, 1) mesh: host h = seed h, every env shard
   assert [(h["devices"], h["seeds"], h["envs"]) for h in p["hosts"]] == [
       (f"{4 * h}-{4 * h + 3}", str(h), "0-255") for h in range(4)]
+  assert [(h["env_copies"], h["batch"]) for h in p["hosts"]] == [(256, 1024)] * 4   # per host
   # The replay buffer by hand: per seed [E, C, D] obs and next_obs float32, action and reward
   # 4 bytes, done and resolved 1 byte, count [E] int32; one seed and 256 / 4 envs per device.
   profile = config_lib.profile_from_config(config)
@@ -139,3 +143,10 @@ def test_train_dry_run_exits_0_without_accelerators(name):
                      text=True, timeout=120, env=env)
   assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
   assert "config.mesh" in r.stderr
+
+
+def test_model_axis_devices_hold_copies_not_more_batch():
+  p = plan_lib.train_plan(_config("tpu_v5e_8", **{"mesh.data": 4, "mesh.model": 2}),
+                          memory=False)
+  assert p["mesh"] == {"seed": 1, "data": 4, "model": 2} and p["batch_per_device"] == 512
+  assert p["hosts"][0]["batch"] == 3 * 2048 and p["hosts"][0]["env_copies"] == 3 * 512

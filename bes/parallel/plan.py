@@ -116,6 +116,7 @@ def host_layout(pod: Pod, shape: tuple[int, int, int]) -> list[dict[str, Any]]:
     own = coords[h * pod.devices_per_host:(h + 1) * pod.devices_per_host]
     hosts.append(dict(host=h, devices=_ranges(range(h * pod.devices_per_host,
                                                      (h + 1) * pod.devices_per_host)),
+                      seed_data_shards=len({(int(a), int(b)) for a, b, _ in own}),
                       **{axis: sorted({int(c) for c in own[:, i]})
                          for i, axis in enumerate(MESH_AXES)}))
   return hosts
@@ -171,6 +172,9 @@ def train_plan(config, pod: Pod | None = None, memory: bool = True) -> dict[str,
     h["seeds"] = _ranges(s * seeds_per + i for s in h.pop("seed") for i in range(seeds_per))
     h["envs"] = _ranges(d * envs_per + i for d in h.pop("data") for i in range(envs_per))
     h.pop("model")
+    shards = h.pop("seed_data_shards")      # devices differing in 'model' only hold copies
+    h["batch"] = shards * seeds_per * batch_per   # transitions sampled per gradient step
+    h["env_copies"] = shards * seeds_per * envs_per   # environments stepped per iteration
   plan = dict(kind="train", pod=dataclasses.asdict(pod), num_devices=pod.num_devices,
               mesh=dict(zip(MESH_AXES, shape)), num_seeds=num_seeds, seeds_per_device=seeds_per,
               num_envs=num_envs, envs_per_device=envs_per, batch_size=batch,
@@ -303,7 +307,8 @@ def format_plan(plan: dict[str, Any]) -> str:
                  "per device)")
     for h in plan["hosts"]:
       lines.append(f"  host {h['host']}: devices {h['devices']}, seeds {h['seeds']}, "
-                   f"environments {h['envs']} of each seed")
+                   f"environments {h['envs']} of each seed ({h['env_copies']} in all, batch "
+                   f"{h['batch']} per step on this host)")
     if "memory" in plan:
       mem = plan["memory"]
       parts = ", ".join(f"{k} {v['per_device'] / 2**20:.1f} MiB" for k, v in mem["groups"].items())
