@@ -25,27 +25,85 @@ trimmed once it succeeds: only the latest checkpoint's parameters and config sta
 evaluation reads; `bes.router.checkpoint.trim_to_policy`), not the learner state and its
 replay buffers, so a sweep's --out can be committed under results/
 (--keep_learner_states keeps everything, e.g. to resume training later).
+
+Over hosts and devices (`bes.experiment.sweep_hosts`):
+
+  python launch/sweep.py --sweep=... --out=DIR --parallel=8     # 8 points at a time, a device each
+  python launch/sweep.py --sweep=... --out=DIR --process_index=I --process_count=N
+  python launch/sweep.py --sweep=... --out=DIR --aggregate_only  # the table, once all are done
+
+Process I of N (defaults from JAX_PROCESS_ID / JAX_NUM_PROCESSES, SLURM_PROCID / SLURM_NTASKS
+or TPU_WORKER_ID / TPU_WORKER_HOSTNAMES; else 0 of 1) runs the points whose grid index is I
+mod N; a shared step is run by the process owning the first point that expands it, and the
+others wait for it (--wait_s). Every process writes DIR/processes/I.json when its slice is
+through; process 0 then waits for the other slices (--aggregate_wait_s) and writes the one
+table only when every point is done (else it names the missing points: rerun their slices,
+on any host, then --aggregate_only). Each process's failures go to DIR/failed.process-I.txt.
+--dry_run adds the per-host plan (each process's points, this host's device slots).
 """
 from __future__ import annotations
 
 import os
 import shlex
 import sys
+import time
 
 from absl import app, flags
 
-from bes import cli_errors
-from bes.experiment import sweep as runner
-from bes.sweep_file import load_sweep, plan_sweep
+from bes import cli_errors, config_cli
+from bes.experiment import sweep as runner, sweep_hosts as hosts
+from bes.sweep_file import ROOT, load_sweep, plan_sweep
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file (configs/sweeps/<name>.py).")
 _OUT = flags.DEFINE_string("out", None, "Output directory of the sweep.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan (commands, skips) and exit.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan (per-host points and devices, "
+                             "commands, skips) and exit.")
 _ONLY = flags.DEFINE_string("only", None, "Run only the points whose name contains this.")
 _KEEP_LEARNER_STATES = flags.DEFINE_bool(
     "keep_learner_states", False, "Keep the learner states (replay buffers) and older "
     "checkpoints of routers trained by shared steps; by default only the latest parameters "
     "and config stay (enough to evaluate, not to resume training).")
+_PROCESS_INDEX = flags.DEFINE_integer(
+    "process_index", None, "This process's slice: the points with grid index = this mod "
+    "--process_count (default: from JAX_PROCESS_ID, SLURM_PROCID or TPU_WORKER_ID; else 0).")
+_PROCESS_COUNT = flags.DEFINE_integer(
+    "process_count", None, "Processes (hosts) sharing the sweep (default: from "
+    "JAX_NUM_PROCESSES, SLURM_NTASKS or TPU_WORKER_HOSTNAMES; else 1).")
+_PARALLEL = flags.DEFINE_integer(
+    "parallel", 1, "Points run at once on this host, each with its share of the local "
+    "accelerators (CUDA_VISIBLE_DEVICES / TPU_VISIBLE_CHIPS); on CPU they share the cores.")
+_WAIT_S = flags.DEFINE_float("wait_s", 6 * 3600.0, "Seconds to wait for a shared step that "
+                             "another process runs before failing the points that need it.")
+_AGGREGATE_WAIT_S = flags.DEFINE_float(
+    "aggregate_wait_s", 6 * 3600.0, "Seconds process 0 waits for the other slices before "
+    "giving up on the table (then: --aggregate_only once they are done).")
+_AGGREGATE_ONLY = flags.DEFINE_bool(
+    "aggregate_only", False, "Run nothing: write the table if every point is done, else name "
+    "the missing points and exit 1.")
+
+
+def _process() -> tuple[int, int]:
+  env_index, env_count = hosts.process_from_env()
+  count = env_count if _PROCESS_COUNT.value is None else _PROCESS_COUNT.value
+  index = env_index if _PROCESS_INDEX.value is None else _PROCESS_INDEX.value
+  if _PROCESS_INDEX.value is not None and _PROCESS_COUNT.value is None and env_count == 1:
+    raise ValueError("--process_index: give --process_count too")
+  hosts.check_process(index, count)
+  return index, count
+
+
+def _pod(spec):
+  pod = config_cli.load_config_file(os.path.join(ROOT, spec.base)).get("pod")
+  return None if pod is None else dict(pod)
+
+
+def _aggregate(spec, plans, out, missing):
+  if missing:
+    return f"not aggregated: {hosts.missing_line(missing, len(plans))}"
+  num_rows, _ = runner.write_outputs(spec, plans, out)
+  print(f"\n{num_rows} rows from {len(plans)} points; wrote {out}/table.md")
+  return None
+
 
 def main(argv):
   if len(argv) > 1:
@@ -56,20 +114,54 @@ def main(argv):
   try:
     spec = load_sweep(_SWEEP.value)
     plans = plan_sweep(spec, out)
+    index, count = _process()
+    kind, ids = hosts.local_accelerators()
+    slots = hosts.slot_envs(_PARALLEL.value, kind, ids)
   except ValueError as e:
     sys.exit(f"sweep.py: error: {e}")
-  selected = [p for p in plans if _ONLY.value is None or _ONLY.value in p.name]
-  if not selected:
-    sys.exit(f"sweep.py: error: --only={_ONLY.value!r} matches none of the {len(plans)} points")
-  if _DRY_RUN.value:
-    print(runner.describe(selected, runner.point_done, runner.step_done))
+  command = f"python {shlex.join(sys.argv)}"
+  if _AGGREGATE_ONLY.value:
+    if not os.path.exists(os.path.join(out, "COMMAND.txt")):
+      sys.exit(f"sweep.py: error: --aggregate_only: {out} holds no sweep (no COMMAND.txt)")
+    error = _aggregate(spec, plans, out,
+                       hosts.missing_by_process(plans, runner.point_done, count))
+    if error:
+      sys.exit(f"sweep.py: error: {error}; run their slices (--process_index=...) first")
     return
-  failed = runner.run(selected, out, f"python {shlex.join(sys.argv)}",
-                      keep_learner_states=_KEEP_LEARNER_STATES.value)
-  num_rows, missing = runner.write_outputs(spec, plans, out)
-  print(f"\n{num_rows} rows from {len(plans) - missing} points; wrote {out}/table.md")
+  matching = [p for p in plans if _ONLY.value is None or _ONLY.value in p.name]
+  if not matching:
+    sys.exit(f"sweep.py: error: --only={_ONLY.value!r} matches none of the {len(plans)} points")
+  names = {p.name for p in matching}
+  selected = [p for i, p in enumerate(plans)
+              if hosts.owner(i, count) == index and p.name in names]
+  if _DRY_RUN.value:
+    print(hosts.describe_hosts(plans, count, _PARALLEL.value, kind, ids, slots, _pod(spec)))
+    print(f"process {index}'s points:")
+    print(runner.describe(selected, runner.point_done, runner.step_done,
+                          hosts.step_owners(plans, count), index))
+    return
+  since = time.time()
+  failed_name = "failed.txt" if count == 1 else f"failed.process-{index}.txt"
+  failed = runner.run(selected, out, command, keep_learner_states=_KEEP_LEARNER_STATES.value,
+                      parallel=_PARALLEL.value, slots=slots,
+                      owners=hosts.step_owners(plans, count) if count > 1 else {},
+                      index=index, wait_s=_WAIT_S.value, failed_name=failed_name,
+                      write_command=index == 0)
+  if count == 1:
+    num_rows, missing = runner.write_outputs(spec, plans, out)
+    print(f"\n{num_rows} rows from {len(plans) - missing} points; wrote {out}/table.md")
+  else:
+    hosts.write_status(out, index, [p.name for p in selected], failed)
+    if index == 0:
+      missing = hosts.wait_for_slices(plans, runner.point_done, out, count, since,
+                                      _AGGREGATE_WAIT_S.value)
+      error = _aggregate(spec, plans, out, missing)
+      if error:
+        print(f"\n{error}; once they are done: {command} --aggregate_only")
+    else:
+      print(f"\nprocess {index}: slice done ({len(selected)} points); process 0 writes the table")
   if failed:
-    failed_path = os.path.join(out, "failed.txt")
+    failed_path = os.path.join(out, failed_name)
     print(f"{len(failed)} point(s) failed: {', '.join(failed)} (see {failed_path})")
     sys.exit(1)
 

@@ -13,6 +13,7 @@ The work is done by `bes.experiment` (train, workdir, report).
   python launch/train.py --config=configs/default.py --workdir=runs/r --config.num_seeds=3 \
       --config.workload.kind=poisson --config.workload.rate=40 --config.env.reward=soft
   python launch/train.py --workdir=runs/r --config_help     # every config key and its meaning
+  python launch/train.py --config=configs/pod/tpu_v5p_32.py --dry_run   # the per-host plan
 """
 from __future__ import annotations
 
@@ -26,15 +27,23 @@ from bes import cli_errors, config_cli, progress
 from bes.experiment import Setup, report, train, workdir as workdir_lib
 
 _CONFIG = config_cli.define_config_flag("Config file to train with.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.",
-                               required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics "
+                               "(required unless --dry_run).")
 _EVAL = flags.DEFINE_bool("eval", True, "Evaluate against the baselines after training.")
 _DEPLOYMENTS = flags.DEFINE_string(
     "deployments", "", "Also evaluate static single-model deployments, e.g. 'opt-6.7b:4,opt-6.7b:8'.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the per-host plan (devices, mesh, shards, "
+                             "per-device batch, memory; bes/parallel/plan.py) and exit.")
 
 
 def main(argv):
   del argv
+  if _DRY_RUN.value:     # no accelerator needed: the pod comes from config.pod
+    from bes.parallel import plan
+    print(plan.format_plan(plan.train_plan(_CONFIG.value)))
+    return
+  if not _WORKDIR.value:
+    sys.exit("train.py: error: --workdir is required")
   logging.set_verbosity(logging.WARNING)   # orbax logs every save and restore at INFO
   workdir = _WORKDIR.value
   try:
