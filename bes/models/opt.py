@@ -268,11 +268,14 @@ class OPT(nn.Module):
     slots = jnp.arange(cache.max_len, dtype=jnp.int32)
     allowed = kv_mask[:, None, :] & (slots[None, None, :] <= query_pos[:, :, None])  # [B, T, S]
     cache_index = cache_index.astype(jnp.int32)
-    cache = KVCache(k=constrain(cache.k, CACHE_AXES, mesh), v=constrain(cache.v, CACHE_AXES, mesh))
+    cache_axes = lambda kv: KVCache(k=constrain(kv.k, CACHE_AXES, mesh),
+                                    v=constrain(kv.v, CACHE_AXES, mesh))
+    cache = cache_axes(cache)
 
     for i in range(c.num_hidden_layers):
       x, cache = DecoderLayer(c, i, mesh, pd, self.std, name=f"layers_{i}")(
           x, cache, cache_index, allowed)
+    cache = cache_axes(cache)   # returned as it came: a decode loop keeps one sharding
 
     if last_only:
       x = x[:, -1:]
