@@ -310,15 +310,40 @@ def _boxed_init(config: OPTConfig, dtype, std: float, key):
                      jnp.ones((1, 1), bool))["params"]
 
 
+def abstract_params(config: OPTConfig, dtype=jnp.float32) -> Params:
+  """The module's parameters as ShapeDtypeStructs in the `init_params` layout (no allocation)."""
+  boxed = jax.eval_shape(functools.partial(_boxed_init, config, jnp.dtype(dtype), 0.02),
+                         jax.random.key(0))
+  return from_flax(nn.unbox(boxed), config)
+
+
 @functools.lru_cache(maxsize=16)
-def _init_fn(config: OPTConfig, dtype, std: float):
-  return jax.jit(lambda key: from_flax(nn.unbox(_boxed_init(config, dtype, std, key)), config))
+def _abstract_leaves(config: OPTConfig, dtype):
+  return jax.tree_util.tree_flatten_with_path(abstract_params(config, dtype))
 
 
-def init_params(config: OPTConfig, key, dtype=jnp.float32, std: float = 0.02) -> Params:
-  """Random parameters as HF initialises OPT: normal(0, std) weights, zero biases, unit scales
-  (the module's initializers, jitted); a plain nested dict in the `param_shapes` layout."""
-  return _init_fn(config, jnp.dtype(dtype), float(std))(key)
+def init_params(config: OPTConfig, key, dtype=jnp.float32, std: float = 0.02, *,
+                shardings=None) -> Params:
+  """Random parameters as HF initialises OPT: normal(0, std) weights (drawn in float32), zero
+  biases, unit LayerNorm scales, a plain nested dict in the `param_shapes` layout.
+
+  The module's parameters (`abstract_params`), drawn leaf by leaf with the keys
+  `split(key, leaves)` in pytree order: the same values as before OPT was a module, so a seed
+  keeps its weights (`OPT(config).init` draws the same distributions with linen's per-path
+  keys, other values). shardings: a pytree of the same structure; each leaf is placed there
+  as soon as it is drawn (one leaf at a time on the default device: a model too large for
+  one device can be drawn sharded).
+  """
+  dtype = jnp.dtype(dtype)
+  paths, treedef = _abstract_leaves(config, dtype)
+  places = [None] * len(paths) if shardings is None else treedef.flatten_up_to(shardings)
+  out = []
+  for (path, leaf), k, place in zip(paths, jax.random.split(key, len(paths)), places):
+    fill = {"scale": jnp.ones, "bias": jnp.zeros}.get(path[-1].key)
+    x = (fill(leaf.shape, dtype) if fill else
+         (std * jax.random.normal(k, leaf.shape, jnp.float32)).astype(dtype))
+    out.append(x if place is None else jax.device_put(x, place))
+  return jax.tree.unflatten(treedef, out)
 
 
 def param_logical_axes(config: OPTConfig) -> dict:

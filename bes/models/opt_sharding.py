@@ -88,10 +88,19 @@ def regroup_qkv(params: opt.Params, config: OPTConfig, groups: int,
 
 
 def shard_params(params: opt.Params, config: OPTConfig, mesh: Mesh) -> opt.Params:
-  """`params` (`init_params` layout, numpy or jax arrays) regrouped for the mesh and placed
-  with `jax.device_put` by their logical axes; the input to `opt.forward(..., mesh=mesh)`."""
+  """`params` (`init_params` layout: numpy, or jax arrays on any devices) placed with
+  `jax.device_put` by their logical axes, then their qkv columns regrouped on the mesh (no
+  device ever holds more than one layer's whole qkv); the input of `opt.forward(..., mesh)`."""
   shardings = param_shardings(config, mesh)
-  return jax.device_put(regroup_qkv(params, config, opt.qkv_groups(mesh)), shardings)
+  placed = jax.device_put(params, shardings)
+  groups = opt.qkv_groups(mesh)
+  if groups == 1:
+    return placed
+  qkv = [p["qkv"] for p in placed["layers"]]
+  regroup = jax.jit(lambda q: regroup_qkv({"layers": [{"qkv": x} for x in q]}, config, groups),
+                    out_shardings={"layers": [{"qkv": p["qkv"]} for p in shardings["layers"]]})
+  grouped = regroup(qkv)["layers"]
+  return dict(placed, layers=[dict(p, qkv=g["qkv"]) for p, g in zip(placed["layers"], grouped)])
 
 
 def unshard_params(params: opt.Params, config: OPTConfig, mesh: Mesh) -> opt.Params:
@@ -101,11 +110,11 @@ def unshard_params(params: opt.Params, config: OPTConfig, mesh: Mesh) -> opt.Par
 
 def init_sharded_params(config: OPTConfig, key, mesh: Mesh, dtype=jnp.float32,
                         std: float = 0.02) -> opt.Params:
-  """`shard_params(opt.init_params(config, key, dtype, std), config, mesh)` drawn already
-  sharded (no device holds the whole model: what a large random-weight engine needs)."""
-  groups = opt.qkv_groups(mesh)
-  fn = lambda k: regroup_qkv(opt.init_params(config, k, dtype, std), config, groups)
-  return jax.jit(fn, out_shardings=param_shardings(config, mesh))(key)
+  """`opt.init_params(config, key, dtype, std)` (the same values) with every leaf placed by
+  its logical axes on `mesh` as it is drawn (no device holds the whole model: a large
+  random-weight engine); still the `init_params` layout, for `shard_params` or
+  `Engine(..., mesh=mesh)`."""
+  return opt.init_params(config, key, dtype, std, shardings=param_shardings(config, mesh))
 
 
 def shard_cache(cache: opt.KVCache, mesh: Mesh) -> opt.KVCache:
