@@ -198,3 +198,33 @@ def test_sharded_engine_generates_the_same_greedy_tokens():
   assert r["cache_spec"] == [None, None, None, "model", None]
   assert r["embed_spec"] == [None, None]            # vocab 100 % 8: replicated
   assert r["compiles"] == 1                         # the state keeps its sharding
+
+
+def test_decode_loop_copies_no_weights():
+  """The optimized HLO of `sampling.generate` holds no copy of a weight anywhere, and copies
+  the whole [layers, B, S, heads, head_dim] cache only in the entry computation (the loop's
+  initial value), never per step (layers unrolled over per-layer arrays; opt docstring)."""
+  import re  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from bes.models import sampling  # pylint: disable=import-outside-toplevel
+  config = OPTConfig(vocab_size=96, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                     ffn_dim=80, max_position_embeddings=64)
+  params = opt.abstract_params(config)
+  prompts = jax.ShapeDtypeStruct((2, 8), jnp.int32)
+  mask = jax.ShapeDtypeStruct((2, 8), bool)
+  hlo = sampling.generate.lower(params, config, prompts, mask, jax.random.key(0),
+                                6).compile().as_text()
+  assert re.search(r"while\(", hlo)
+  weights = {",".join(map(str, x.shape)) for x in jax.tree.leaves(params) if x.ndim == 2}
+  cache = "2,2,13,4,12"          # [layers, B, 8 prompt + 6 new - 1 slots, heads, head_dim]
+  assert f"f32[{cache}]" in hlo
+  computation, bad, cache_copies = None, [], 0
+  for line in hlo.splitlines():
+    if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+      computation = "ENTRY" if line.startswith("ENTRY") else line.split()[0]
+    m = re.search(r"= f32\[([\d,]+)\]\S* copy\(", line)
+    if m and (m.group(1) in weights or (m.group(1) == cache and computation != "ENTRY")):
+      bad.append(f"{computation}: {line.strip()}")
+    cache_copies += bool(m) and m.group(1) == cache
+  assert not bad, bad
+  assert cache_copies <= 2                    # k and v, once per call
