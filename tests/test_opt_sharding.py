@@ -36,7 +36,8 @@ def test_every_param_has_logical_axes(name):
   for names, shape in zip(flat_axes, flat_shapes):
     assert len(names) == len(shape) and all(n in rules for n in names), (names, shape)
   layer = axes["layers"][0]
-  assert layer["qkv"]["kernel"] == ("embed", "heads") and layer["out"]["kernel"] == ("heads", "embed")
+  assert layer["qkv"]["kernel"] == ("embed", "heads")
+  assert layer["out"]["kernel"] == ("heads", "embed")
   assert layer["fc1"]["kernel"] == ("embed", "mlp") and axes["embed_tokens"] == ("vocab", "embed")
   assert opt.CACHE_AXES == ("layers", "cache_batch", "length", "heads", "kv")
 
@@ -187,7 +188,8 @@ _ENGINE = textwrap.dedent("""
     mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(data=1, model=8))
     got, got_lp, state, eng = run(mesh)
     print(json.dumps(dict(want=want, got=got, lp=float(np.abs(want_lp - got_lp).max()),
-                          cache_spec=spec(state.cache.k), embed_spec=spec(eng.params["embed_tokens"]),
+                          cache_spec=spec(state.cache.k),
+                          embed_spec=spec(eng.params["embed_tokens"]),
                           compiles=eng._generate._cache_size())))
 """)
 

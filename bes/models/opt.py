@@ -1,23 +1,21 @@
 """OPT (Zhang et al., 2022) decoder as a Flax linen module whose parameters carry logical axes.
 
-`OPT` is a linen module family (`LayerNorm`, `Dense`, `DecoderLayer`, `OPT`) in the style of
-MaxText's layers: every parameter is created with `nn.with_logical_partitioning`, so it carries
-logical axis names ('vocab', 'embed', 'heads', 'mlp', 'length'), and `bes.parallel.mesh`'s
-`LOGICAL_RULES` map those onto the ('seed', 'data', 'model') mesh (tensor parallelism: heads,
-MLP and vocabulary over 'model'; `bes/models/opt_sharding.py` places them).
+Modules `LayerNorm`, `Dense`, `DecoderLayer`, `OPT`, in the style of MaxText's layers: every
+parameter is created with `nn.with_logical_partitioning` ('vocab', 'embed', 'heads', 'mlp',
+'length'), and `bes.parallel.mesh.LOGICAL_RULES` map the names onto the ('seed', 'data',
+'model') mesh (heads, MLP and vocabulary over 'model'; placed by `bes/models/opt_sharding.py`).
 
-The public API is a set of pure functions over a plain nested dict of arrays (unboxed), one
-dict per decoder layer in `params["layers"]` (a list); they are thin wrappers over
-`OPT(...).apply({'params': ...})` that rename `layers[i]` <-> the module's `layers_i`, so
-checkpoint conversion, the engine, sampling and scoring see the same pytree as before:
-`init_params`, `forward` (KV cache, per-row write index), `forward_full`, `param_shapes`,
-`param_logical_axes`, `KVCache` / `init_cache` / `CACHE_AXES`, `opt_positions`.
+The public API is pure functions over a plain nested dict of arrays (unboxed) with one dict
+per decoder layer in `params["layers"]` (a list), thin wrappers over `OPT(...).apply` that
+rename `layers[i]` <-> the module's `layers_i` (`to_flax` / `from_flax`), so checkpoints, the
+engine, sampling and scoring see the same pytree as before: `init_params`, `forward`,
+`forward_full`, `param_shapes`, `param_logical_axes`, `KVCache` / `init_cache` / `CACHE_AXES`.
 
-Decode speed on CPU (see launch/benchmark_decode.py): the decoder layers are unrolled (a
-Python loop of per-layer submodules over per-layer weight arrays, not `nn.scan` over stacked
-ones: XLA:CPU copied each dynamically sliced layer out of the stack on every step). New
-keys/values are scattered into the [layers, ...] cache in place (the optimized HLO of the
-decode loop holds no copy of the weights or of the whole cache).
+Decode speed on CPU (launch/benchmark_decode.py): the layers are unrolled (a Python loop of
+per-layer submodules over per-layer weights, not `nn.scan` over stacked ones: XLA:CPU copied
+each sliced layer out of the stack on every step), and new keys/values are scattered into
+the [layers, ...] cache in place: the optimized HLO of the decode loop holds no copy of the
+weights or of the whole cache (tests/test_opt_sharding.py checks it).
 
 Numerics follow transformers' PyTorch `OPTForCausalLM`:
   * learned positions with OPT's offset of 2 (`embed_positions[position + 2]`), positions from
@@ -30,13 +28,11 @@ Numerics follow transformers' PyTorch `OPTForCausalLM`:
 Matmuls run in the param dtype (float32 or bfloat16); LayerNorm statistics, the attention
 softmax and the logits are float32.
 
-Layout: Q, K and V projections are fused into one `qkv` kernel [hidden, 3 * hidden], kernels
-are [in, out] (Flax's Dense convention). The fused columns are [groups, 3 (Q|K|V), heads /
-groups, head_dim]: groups = 1 (the layout of `init_params` and checkpoints: Q | K | V, heads
-major within each) unless a mesh with a 'model' axis of M > 1 devices is given, when
-groups = M (`opt_sharding.shard_params` regroups the columns), so that the contiguous shard m
-of the fused axis holds exactly the Q, K and V of heads m*N/M .. (m+1)*N/M - 1 (Megatron's
-layout): no communication to split the projection into heads.
+Layout: kernels are [in, out]; Q, K and V are fused into one `qkv` kernel [hidden, 3 * hidden]
+whose columns are [groups, 3 (Q|K|V), heads / groups, head_dim]. groups = 1 (`init_params`
+and checkpoints: Q | K | V, heads major in each) unless `forward` gets a mesh whose 'model'
+axis has M > 1 devices: then groups = M (`opt_sharding.shard_params` regrouped them), so the
+contiguous shard m holds the Q, K and V of whole heads (Megatron's layout).
 """
 from __future__ import annotations
 
@@ -49,13 +45,13 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
+from bes.models.layers import LAYER_NORM_EPS, Dense, LayerNorm, constrain, param_init  # noqa: F401
 from bes.models.opt_config import OPTConfig
 from bes.parallel import mesh as mesh_lib
 
 Params = dict  # plain nested dict pytree of jnp arrays
 
 POSITION_OFFSET = 2  # OPT's learned position table has two extra leading rows.
-LAYER_NORM_EPS = 1e-5
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully masked rows stay NaN-free
 # Logical axes of the KV cache arrays [layers, batch, max_len, heads, head_dim].
 CACHE_AXES = ("layers", "cache_batch", "length", "heads", "kv")
@@ -83,70 +79,9 @@ def init_cache(config: OPTConfig, batch: int, max_len: int, dtype=jnp.float32) -
   return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
 
 
-def cache_logical_axes() -> KVCache:
-  """The KV cache's logical axis names, a KVCache of CACHE_AXES tuples."""
-  return KVCache(k=CACHE_AXES, v=CACHE_AXES)
-
-
 def qkv_groups(mesh: Mesh | None) -> int:
   """Column groups of the fused qkv kernel (module docstring): the mesh's 'heads' shards."""
   return 1 if mesh is None else mesh_lib.axis_size(mesh, "heads")
-
-
-def constrain(x, names, mesh: Mesh | None):
-  """`with_sharding_constraint` of x to its logical axis `names` on `mesh` (no-op without
-  one); an axis whose size its mesh axis does not divide is left replicated."""
-  if mesh is None:
-    return x
-  spec = mesh_lib.logical_spec(names)
-  spec = PartitionSpec(*(a if a is None or dim % mesh.shape[a] == 0 else None
-                         for a, dim in zip(spec, x.shape)))
-  return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
-
-
-def _init(kind: str, names: tuple, dtype, std: float = 0.02):
-  """An initializer (HF's OPT init: normal(0, std) drawn in float32, zeros, ones) carrying
-  the logical axis `names`."""
-  def fn(key, shape):
-    if kind == "ones":
-      return jnp.ones(shape, dtype)
-    if kind == "zeros":
-      return jnp.zeros(shape, dtype)
-    return (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
-  return nn.with_logical_partitioning(fn, names)
-
-
-class LayerNorm(nn.Module):
-  """LayerNorm over the last ('embed') axis with float32 statistics; returns x's dtype.
-  Params: scale, bias [features]."""
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    h = x.shape[-1]
-    scale = self.param("scale", _init("ones", ("embed",), self.param_dtype), (h,))
-    bias = self.param("bias", _init("zeros", ("embed",), self.param_dtype), (h,))
-    xf = x.astype(jnp.float32)
-    mean = xf.mean(-1, keepdims=True)
-    var = jnp.square(xf - mean).mean(-1, keepdims=True)
-    y = (xf - mean) * jax.lax.rsqrt(var + LAYER_NORM_EPS)
-    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
-
-
-class Dense(nn.Module):
-  """x [..., in] @ kernel [in, features] + bias [features] in the param dtype; `axes` are the
-  kernel's logical names (the bias takes the second)."""
-  features: int
-  axes: tuple[str, str]
-  param_dtype: Any = jnp.float32
-  std: float = 0.02
-
-  @nn.compact
-  def __call__(self, x):
-    kernel = self.param("kernel", _init("normal", self.axes, self.param_dtype, self.std),
-                        (x.shape[-1], self.features))
-    bias = self.param("bias", _init("zeros", self.axes[1:], self.param_dtype), (self.features,))
-    return jnp.einsum("...i,io->...o", x, kernel) + bias
 
 
 def _write_cache(cache, layer: int, new, cache_index):
@@ -251,16 +186,15 @@ class OPT(nn.Module):
                last_only: bool = False):
     c, mesh, pd = self.config, self.mesh, self.param_dtype
     h, e = c.hidden_size, c.word_embed_proj_dim
-    embed_tokens = self.param("embed_tokens", _init("normal", ("vocab", "embed"), pd, self.std),
-                              (c.vocab_size, e))
-    embed_positions = self.param(
-        "embed_positions", _init("normal", ("length", "embed"), pd, self.std),
-        (c.max_position_embeddings + POSITION_OFFSET, h))
+    normal = lambda names: param_init("normal", names, pd, self.std)
+    embed_tokens = self.param("embed_tokens", normal(("vocab", "embed")), (c.vocab_size, e))
+    embed_positions = self.param("embed_positions", normal(("length", "embed")),
+                                 (c.max_position_embeddings + POSITION_OFFSET, h))
     dtype = embed_tokens.dtype
     t = tokens.shape[1]
     x = embed_tokens[tokens]
     if c.projects_embeddings:
-      x = x @ self.param("project_in", _init("normal", ("embed", "embed"), pd, self.std), (e, h))
+      x = x @ self.param("project_in", normal(("embed", "embed")), (e, h))
     x = x + embed_positions[positions + POSITION_OFFSET]
     x = constrain(x.astype(dtype), ("batch", "length", "embed"), mesh)
 
@@ -282,7 +216,7 @@ class OPT(nn.Module):
     if c.do_layer_norm_before:
       x = LayerNorm(pd, name="final_ln")(x)
     if c.projects_embeddings:
-      x = x @ self.param("project_out", _init("normal", ("embed", "embed"), pd, self.std), (h, e))
+      x = x @ self.param("project_out", normal(("embed", "embed")), (h, e))
     logits = jnp.einsum("bte,ve->btv", x, embed_tokens, preferred_element_type=jnp.float32)
     return constrain(logits, ("batch", "length", "vocab"), mesh), cache
 

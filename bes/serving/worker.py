@@ -160,7 +160,8 @@ def build_loop(spec: WorkerSpec):
   """The instance's EngineLoop (not warmed up); imports JAX, so pin first."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from bes.models import checkpoint, engine, opt, opt_sharding  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from bes.models import checkpoint, engine, opt, opt_sharding
   from bes.serving import engine_loop  # pylint: disable=import-outside-toplevel
   if spec.device is None:
     jax.config.update("jax_platforms", "cpu")
