@@ -16,6 +16,14 @@ JSON of the serving-model design page (`bes.profile`), with quality from a CSV t
 --config_json is a JSON object {model name: {OPTConfig fields}}; a name in --models is looked
 up there first, then among the named OPT sizes (opt-125m ... opt-66b).
 
+--model_parallel=N measures sharded engines: the first N devices form the mesh's 'model' axis
+(tensor parallelism, `Engine(mesh=...)`; random weights drawn already sharded) and
+gpus_per_instance defaults to N. On a CPU it can be tried on forced host devices:
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=4 python launch/profile_latency.py \
+    --config_json=results/cpu_profile_tiny_configs.json --models=tiny-s:1 --max_batch=2 \
+    --model_parallel=4 --quality_default=0.5 --out=/tmp/tp4_profile.json
+
 With --serve_config=FILE (a serving config, configs/serve/*.py) it instead profiles that
 config's served models exactly as they serve (`bes.serving.profiling`: the serving EngineLoop
 in a process pinned like the model's first instance; instances, max batch, tasks and quality
@@ -38,6 +46,8 @@ import jax.numpy as jnp
 from bes import cli_errors, io_util, profile as profile_lib, quality as quality_lib
 from bes.models import latency
 from bes.models import opt
+from bes.models import opt_sharding
+from bes.parallel import mesh as mesh_lib
 
 _MODELS = flags.DEFINE_string("models", "opt-125m:1", "Comma-separated NAME:INSTANCES pairs.")
 _CONFIG_JSON = flags.DEFINE_string(
@@ -52,7 +62,11 @@ _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per measurement (med
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls first (>= 1: the first compiles).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"],
                            "Parameter and KV-cache dtype.")
-_GPUS_PER_INSTANCE = flags.DEFINE_integer("gpus_per_instance", 1, "GPUs one instance uses.")
+_GPUS_PER_INSTANCE = flags.DEFINE_integer("gpus_per_instance", 1, "GPUs one instance uses "
+                                          "(default: --model_parallel).")
+_MODEL_PARALLEL = flags.DEFINE_integer(
+    "model_parallel", 1, "Devices of the 'model' mesh axis (tensor parallelism): the first N "
+    "devices; 1 = one device, unsharded.")
 _QUALITY = flags.DEFINE_string("quality", None, "Quality CSV (model,task,acc[,...]); default: "
                                "the shipped bes/data/quality/opt_zero_shot_accuracy.csv.")
 _TASKS = flags.DEFINE_list("tasks", ["arc_easy", "piqa", "winogrande", "lambada_openai"],
@@ -82,6 +96,17 @@ def serve_config_main() -> None:
   print(f"wrote {_OUT.value}")
 
 
+def model_mesh(n: int):
+  """The ('seed', 'data', 'model') mesh of the first n devices on 'model' (None for n = 1)."""
+  devices = jax.devices()
+  if not 1 <= n <= len(devices):
+    raise app.UsageError(f"--model_parallel: expected 1..{len(devices)} (the {devices[0].platform} "
+                         f"devices here), got {n}")
+  if n == 1:
+    return None
+  return mesh_lib.make_mesh(mesh_lib.MeshConfig(seed=1, data=1, model=n), devices[:n])
+
+
 def main(argv):
   del argv
   if _OUT.value is None:
@@ -109,6 +134,8 @@ def main(argv):
                for name, _ in models]  # fail on a missing quality before measuring anything
   dtype = jnp.dtype(_DTYPE.value)
   device = jax.devices()[0]
+  mesh = model_mesh(_MODEL_PARALLEL.value)
+  gpus = _GPUS_PER_INSTANCE.value if _GPUS_PER_INSTANCE.present else _MODEL_PARALLEL.value
   entries, notes = [], []
   for i, (name, instances) in enumerate(models):
     config = latency.resolve_config(name, custom)
@@ -116,15 +143,18 @@ def main(argv):
       if length > config.max_position_embeddings:
         raise app.UsageError(f"model {name}: a cache of {length} tokens exceeds "
                              f"max_position_embeddings={config.max_position_embeddings}")
-    params = opt.init_params(config, jax.random.key(_SEED.value + i), dtype)
+    key = jax.random.key(_SEED.value + i)
+    params = (opt.init_params(config, key, dtype) if mesh is None
+              else opt_sharding.init_sharded_params(config, key, mesh, dtype))
     decode = latency.time_decode(params, config, _MAX_BATCH.value, _CONTEXT_LEN.value,
-                                 max_len, dtype, _REPEATS.value, _WARMUP.value, _SEED.value)
+                                 max_len, dtype, _REPEATS.value, _WARMUP.value, _SEED.value,
+                                 mesh=mesh)
     prefill = latency.time_prefill(params, config, lengths, dtype, _REPEATS.value,
-                                   _WARMUP.value, _SEED.value)
+                                   _WARMUP.value, _SEED.value, mesh=mesh)
     fixed, per_token = latency.fit_prefill(lengths, prefill)
     quality, defaulted = qualities[i]
     entries.append({"name": name, "instances": instances,
-                    "gpus_per_instance": _GPUS_PER_INSTANCE.value, "max_batch": _MAX_BATCH.value,
+                    "gpus_per_instance": gpus, "max_batch": _MAX_BATCH.value,
                     "decode_step_s": decode, "prefill_s_fixed": fixed,
                     "prefill_s_per_token": per_token, "quality": quality})
     notes.append(f"{name}: {config.num_params()} params, prefill s at lengths {lengths}: "
@@ -136,6 +166,8 @@ def main(argv):
   date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
   provenance = (
       f"Measured by launch/profile_latency.py on {device.platform} device '{device.device_kind}' "
+      + ("" if mesh is None else f"x{_MODEL_PARALLEL.value} (tensor-parallel engine, "
+         f"{mesh_lib.describe(mesh)}) ") +
       f"(jax {jax.__version__}, {_DTYPE.value}, random weights, {date}). decode_step_s[b-1]: "
       f"median of {_REPEATS.value} Engine.generate_step calls (after {_WARMUP.value} warm-up, "
       f"batch sizes round-robin) of an engine with exactly b slots, all active, caches filled "

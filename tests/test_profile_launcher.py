@@ -75,3 +75,24 @@ def test_quality_default_only_when_asked():
   assert launcher.model_quality("tiny", ["piqa"], table, 0.4) == ({"piqa": 0.4}, True)
   with pytest.raises(ValueError, match="unknown model"):
     launcher.model_quality("tiny", ["piqa"], table, None)
+
+
+def test_model_parallel_profile_measures_a_sharded_engine(tmp_path):
+  """--model_parallel=2 on 2 forced CPU devices: a tensor-parallel engine is timed."""
+  from tests.multidevice import child_env  # pylint: disable=import-outside-toplevel
+  configs = tmp_path / "configs.json"
+  configs.write_text(json.dumps({"tiny": TINY}))
+  out = tmp_path / "profile.json"
+  cmd = [sys.executable, os.path.join(ROOT, "launch", "profile_latency.py"),
+         f"--config_json={configs}", "--models=tiny:1", "--max_batch=1", "--context_len=8",
+         "--prefill_lengths=4,8", "--repeats=1", "--warmup=1", "--tasks=arc_easy",
+         "--quality_default=0.25", "--model_parallel=2", f"--out={out}"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                        env=child_env(2))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  profile = profile_lib.load_profile(out)
+  assert profile.models[0].gpus_per_instance == 2
+  assert "tensor-parallel engine, mesh {'seed': 1, 'data': 1, 'model': 2}" in profile.provenance
+  proc = subprocess.run(cmd[:-2] + ["--model_parallel=3", f"--out={out}"], capture_output=True,
+                        text=True, timeout=60, cwd=tmp_path, env=child_env(2))
+  assert proc.returncode != 0 and "--model_parallel: expected 1..2" in proc.stderr

@@ -23,6 +23,11 @@ Every function is a jitted pure function of a typed `DecodeState` (a `flax.struc
 pytree); `insert`, `generate_step` and `free` donate the state's buffers, so the caller must
 use the returned state and never the one passed in.
 
+`Engine(..., mesh=mesh)` runs tensor-parallel over a device slice (an engine worker's
+devices): params sharded by their logical axes (`bes.models.opt_sharding`), the cache over
+its heads, sharding propagated through the same jitted functions; tokens and logprobs come
+back replicated. Without a mesh nothing changes (one device).
+
 Choices:
   * Prompts are right-padded to a length bucket (powers of two from 16, and `max_len`
     itself), so `prefill` and `insert` compile once per bucket, not once per prompt length.
@@ -62,7 +67,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import Mesh
+
 from bes.models import opt
+from bes.models import opt_sharding
 from bes.models import sampling as sampling_lib
 from bes.models.opt_config import OPTConfig
 
@@ -157,14 +165,14 @@ def _sample(logits: jnp.ndarray, keys: jnp.ndarray, temperature: jnp.ndarray,
 
 
 def _prefill(params, tokens, length, key, temperature, top_p, seed, *, config: OPTConfig,
-             dtype):
+             dtype, mesh=None):
   """Prefix of one right-padded prompt: tokens int32 [L], length int32 [] (real tokens);
   temperature, top_p float32 [], seed uint32 []."""
   bucket = tokens.shape[0]
   mask = (jnp.arange(bucket) < length)[None]
   cache = opt.init_cache(config, 1, bucket, dtype)
   logits, cache = opt.forward(params, config, tokens[None], opt.opt_positions(mask), cache,
-                              jnp.zeros((1,), jnp.int32), mask)
+                              jnp.zeros((1,), jnp.int32), mask, mesh=mesh)
   last = jax.lax.dynamic_index_in_dim(logits[0], length - 1, axis=0, keepdims=True)
   keys = _row_keys(key, seed[None], jnp.zeros((1,), jnp.int32))
   token, logprob = _sample(last, keys, temperature[None], top_p[None])
@@ -173,14 +181,14 @@ def _prefill(params, tokens, length, key, temperature, top_p, seed, *, config: O
 
 
 def _prefill_batch(params, tokens, lengths, key, temperature, top_p, seed, *,
-                   config: OPTConfig, dtype):
+                   config: OPTConfig, dtype, mesh=None):
   """Batched `_prefill`: tokens int32 [K, L] right-padded, lengths int32 [K] (>= 1);
   temperature, top_p float32 [K], seed uint32 [K]. Returns a Prefix with a leading K axis."""
   k_rows, bucket = tokens.shape
   mask = jnp.arange(bucket)[None] < lengths[:, None]
   cache = opt.init_cache(config, k_rows, bucket, dtype)
   logits, cache = opt.forward(params, config, tokens, opt.opt_positions(mask), cache,
-                              jnp.zeros((k_rows,), jnp.int32), mask)
+                              jnp.zeros((k_rows,), jnp.int32), mask, mesh=mesh)
   last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
   keys = _row_keys(key, seed, jnp.zeros((k_rows,), jnp.int32))
   token, logprob = _sample(last, keys, temperature, top_p)
@@ -242,7 +250,7 @@ def _free(state: DecodeState, slot, *, pad_token_id: int) -> DecodeState:
       generated=state.generated.at[slot].set(0))
 
 
-def _generate_step(params, state: DecodeState, key, *, config: OPTConfig):
+def _generate_step(params, state: DecodeState, key, *, config: OPTConfig, mesh=None):
   """One decode iteration: every active, non-full slot feeds `next_token` and samples the next."""
   num_slots, max_len = state.cache.k.shape[1], state.cache.k.shape[2]
   advance = state.active & (state.cache_len < max_len)
@@ -253,7 +261,7 @@ def _generate_step(params, state: DecodeState, key, *, config: OPTConfig):
   kv_mask = ((entries <= state.cache_len[:, None]) & advance[:, None]) | (entries == index[:, None])
   old_k, old_v = state.cache.k[:, rows, index], state.cache.v[:, rows, index]
   logits, cache = opt.forward(params, config, state.next_token[:, None],
-                              state.position[:, None], state.cache, index, kv_mask)
+                              state.position[:, None], state.cache, index, kv_mask, mesh=mesh)
   keep = advance[None, :, None, None]
   cache = opt.KVCache(
       k=cache.k.at[:, rows, index].set(jnp.where(keep, cache.k[:, rows, index], old_k)),
@@ -283,11 +291,16 @@ class Engine:
     dtype: dtype of the parameters and the KV cache (logits are always float32).
     temperature: the default sampling temperature of `prefill` (0: greedy decoding, > 0 to
       sample from logits / temperature); a prefill may set its own (per request).
+    mesh: run tensor-parallel on this ('seed', 'data', 'model') mesh (e.g. `make_mesh(
+      MeshConfig(data=1, model=-1))` over a worker's devices): the params are placed by
+      `opt_sharding.shard_params` (heads, MLP and vocabulary split over 'model'), the decode
+      state's cache by `opt.CACHE_AXES` (split over its heads), the rest of the state
+      replicated; every jitted call keeps those shardings. None: one device, unsharded.
   """
 
   def __init__(self, params, config: OPTConfig, num_slots: int, max_len: int,
                dtype=jnp.float32, temperature: float = 0.0,
-               buckets: Sequence[int] | None = None):
+               buckets: Sequence[int] | None = None, mesh: Mesh | None = None):
     if num_slots < 1:
       raise ValueError(f"Engine: num_slots must be >= 1, got {num_slots}")
     if not 2 <= max_len <= config.max_position_embeddings:
@@ -303,24 +316,47 @@ class Engine:
     self.dtype, self.temperature = jnp.dtype(dtype), float(temperature)
     self.params = jax.tree.map(lambda x: x.astype(self.dtype) if x.dtype != self.dtype else x,
                                params)
+    self.mesh = mesh
+    state_out = {}   # jit's out_shardings of a DecodeState (none: unsharded)
+    if mesh is not None:
+      self.params = opt_sharding.shard_params(self.params, config, mesh)
+      state_out = dict(out_shardings=self._state_shardings())
     self._key0 = jax.random.key(0)
-    self._prefill = jax.jit(functools.partial(_prefill, config=config, dtype=self.dtype))
-    self._insert = jax.jit(_insert, donate_argnums=(1,))
+    self._prefill = jax.jit(functools.partial(_prefill, config=config, dtype=self.dtype,
+                                              mesh=mesh))
+    self._insert = jax.jit(_insert, donate_argnums=(1,), **state_out)
     self._prefill_batch = jax.jit(functools.partial(_prefill_batch, config=config,
-                                                    dtype=self.dtype))
-    self._insert_batch = jax.jit(_insert_batch, donate_argnums=(1,))
+                                                    dtype=self.dtype, mesh=mesh))
+    self._insert_batch = jax.jit(_insert_batch, donate_argnums=(1,), **state_out)
     sizes, k = [], 1
     while k < num_slots:
       sizes.append(k)
       k *= 2
     self.batch_sizes = tuple(sizes) + (num_slots,)
     self._free = jax.jit(functools.partial(_free, pad_token_id=config.pad_token_id),
-                         donate_argnums=(0,))
-    self._generate = jax.jit(functools.partial(_generate_step, config=config),
-                             donate_argnums=(1,))
+                         donate_argnums=(0,), **state_out)
+    if mesh is not None:
+      rep = opt_sharding.replicated(mesh)
+      state_out = dict(out_shardings=(state_out["out_shardings"], rep, rep))
+    self._generate = jax.jit(functools.partial(_generate_step, config=config, mesh=mesh),
+                             donate_argnums=(1,), **state_out)
+    self._init_state = (self._fresh_state if mesh is None else
+                        jax.jit(self._fresh_state, out_shardings=self._state_shardings()))
+
+  def _state_shardings(self) -> DecodeState:
+    """The DecodeState's shardings on the mesh: the cache by opt.CACHE_AXES, the rest
+    replicated."""
+    cache, rep = opt_sharding.cache_sharding(self.mesh), opt_sharding.replicated(self.mesh)
+    return DecodeState(cache=opt.KVCache(k=cache, v=cache), next_token=rep, position=rep,
+                       cache_len=rep, active=rep, generated=rep, temperature=rep, top_p=rep,
+                       seed=rep)
 
   def init_decode_state(self) -> DecodeState:
-    """All slots free, cache zeroed ([layers, num_slots, max_len, heads, head_dim])."""
+    """All slots free, cache zeroed ([layers, num_slots, max_len, heads, head_dim]; with a
+    mesh, built already sharded)."""
+    return self._init_state()
+
+  def _fresh_state(self) -> DecodeState:
     s = self.num_slots
     return DecodeState(
         cache=opt.init_cache(self.config, s, self.max_len, self.dtype),

@@ -13,6 +13,8 @@ What is timed (seconds, wall clock, `jax.block_until_ready` on the results):
     prompt length (the engine's buckets are exactly those lengths: nothing is padded), the
     lengths round-robin like the batch sizes.
   * `fit_prefill`: least-squares line seconds = fixed + per_token * length, each clipped at 0.
+With `mesh` the engines run tensor-parallel on it (`Engine(mesh=...)`: a sharded engine's
+times, collectives included).
 
 Also the small parsers of the profiler's command line (`launch/profile_latency.py`).
 """
@@ -67,24 +69,24 @@ def _decode_call(eng: engine_lib.Engine, context_len: int, rng: np.random.Genera
 
 
 def time_decode(params, config: OPTConfig, max_batch: int, context_len: int, max_len: int,
-                dtype, repeats: int, warmup: int, seed: int = 0) -> list[float]:
+                dtype, repeats: int, warmup: int, seed: int = 0, mesh=None) -> list[float]:
   """Seconds of one decode iteration at each running batch 1..max_batch (module docstring).
 
   One engine per batch size (exactly b slots); only one decode state is alive at a time.
   """
   rng = np.random.default_rng(seed)
   calls = [_decode_call(engine_lib.Engine(params, config, num_slots=b, max_len=max_len,
-                                          dtype=dtype), context_len, rng)
+                                          dtype=dtype, mesh=mesh), context_len, rng)
            for b in range(1, max_batch + 1)]
   return _interleaved(calls, repeats, warmup)
 
 
 def time_prefill(params, config: OPTConfig, lengths: list[int], dtype, repeats: int,
-                 warmup: int, seed: int = 0) -> list[float]:
+                 warmup: int, seed: int = 0, mesh=None) -> list[float]:
   """Seconds of `prefill` + `insert` of one prompt of each length in `lengths` (tokens)."""
   max_len = max(lengths) + 1
   eng = engine_lib.Engine(params, config, num_slots=1, max_len=max_len, dtype=dtype,
-                          buckets=sorted(set(lengths)) + [max_len])
+                          buckets=sorted(set(lengths)) + [max_len], mesh=mesh)
   rng = np.random.default_rng(seed)
   box = [eng.init_decode_state()]
 

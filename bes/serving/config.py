@@ -14,8 +14,10 @@ queue capacity) with that router in front (`configs/serve/cpu.py`).
   max_len     cache entries per slot (tokens): prompt + output of one request.
   dtype       float32 | bfloat16 | float16.
   placement   'auto' or ';'-separated per-instance placements in profile order: on CPU the
-              cores of each instance ('0;1' or '0,1;2,3'), on an accelerator 'gpu:0;gpu:1'.
-              'auto': instance i gets CPU core i mod cores (or accelerator i when present).
+              cores of each instance ('0;1' or '0,1;2,3'; a CPU instance is one device), on
+              accelerators a device slice per instance: 'gpu:0;gpu:1' (one GPU each),
+              'gpu:0-3' or 'gpu:0,1,2,3' (4 GPUs, the model tensor-parallel over them),
+              likewise 'tpu:...' (chips). 'auto': instance i gets CPU core i mod cores.
   policy      the router: static:M | round_robin | random | task_map:... | deadline_greedy |
               load_threshold (knobs tuned in `workdir`'s heuristics.json when given) |
               learned (the router trained in `workdir`).
@@ -51,7 +53,7 @@ class ModelSpec:
 @dataclasses.dataclass(frozen=True)
 class ServeConfig:
   """Validated `config.serve` (module docstring); `placements` has one entry per instance:
-  a tuple of CPU cores, or ('gpu', index)."""
+  a tuple of CPU cores, or (kind, device ids) with kind 'gpu' | 'tpu' (`parse_placement`)."""
   models: tuple[ModelSpec, ...]
   max_len: int
   dtype: str
@@ -103,6 +105,50 @@ def parse_models(text: str, profile: Profile) -> tuple[ModelSpec, ...]:
   return tuple(specs[n] for n in names)
 
 
+ACCELERATORS = ("gpu", "tpu")
+
+
+def parse_placement(item: str, num_cpus: int) -> tuple:
+  """One instance's placement: CPU cores '0' / '0,1' -> (0, 1); an accelerator slice
+  'gpu:2', 'gpu:0-3', 'gpu:0,1,2,3' (or 'tpu:...') -> ('gpu', (0, 1, 2, 3))."""
+  kind, sep, rest = item.partition(":")
+  if sep:
+    if kind not in ACCELERATORS:
+      raise _fail("placement", f"an accelerator slice {'/'.join(ACCELERATORS)}:IDS", item)
+    try:
+      if "-" in rest:
+        lo, hi = (int(x) for x in rest.split("-"))
+        ids = tuple(range(lo, hi + 1))
+      else:
+        ids = tuple(int(x) for x in rest.split(","))
+    except ValueError:
+      ids = ()
+    if not ids or min(ids) < 0 or len(set(ids)) != len(ids):
+      raise _fail("placement", f"distinct device ids >= 0 like '{kind}:0', '{kind}:0-3' or "
+                  f"'{kind}:0,1,2,3'", item)
+    return (kind, ids)
+  try:
+    cores = tuple(int(c) for c in item.split(","))
+  except ValueError:
+    raise _fail("placement", "CPU cores like '0' or '0,1', or an accelerator slice like "
+                "'gpu:0' or 'gpu:0-3'", item) from None
+  if any(not 0 <= c < num_cpus for c in cores):
+    raise _fail("placement", f"cores in 0..{num_cpus - 1} (this machine)", item)
+  return cores
+
+
+def is_accelerator(place: tuple) -> bool:
+  """Whether a parsed placement is an accelerator slice (else CPU cores)."""
+  return bool(place) and place[0] in ACCELERATORS
+
+
+def worker_placement(place: tuple) -> dict:
+  """The WorkerSpec fields (cpus, device, platform) of a parsed placement."""
+  if is_accelerator(place):
+    return dict(cpus=None, device=place[1], platform=place[0])
+  return dict(cpus=tuple(place), device=None)
+
+
 def parse_placements(text: str, num_instances: int, num_cpus: int) -> tuple:
   """Per-instance placements (module docstring)."""
   text = str(text).strip()
@@ -112,22 +158,7 @@ def parse_placements(text: str, num_instances: int, num_cpus: int) -> tuple:
   if len(items) != num_instances:
     raise _fail("placement", f"'auto' or {num_instances} ';'-separated placements (one per "
                 "instance, profile order)", text)
-  out = []
-  for item in items:
-    if item.startswith("gpu:"):
-      try:
-        out.append(("gpu", int(item[4:])))
-        continue
-      except ValueError:
-        pass
-    try:
-      cores = tuple(int(c) for c in item.split(","))
-    except ValueError:
-      raise _fail("placement", "CPU cores like '0' or '0,1', or 'gpu:N'", item) from None
-    if any(not 0 <= c < num_cpus for c in cores):
-      raise _fail("placement", f"cores in 0..{num_cpus - 1} (this machine)", item)
-    out.append(cores)
-  return tuple(out)
+  return tuple(parse_placement(item, num_cpus) for item in items)
 
 
 def serve_config(config: ml_collections.ConfigDict, profile: Profile) -> ServeConfig:

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from bes.experiment.setup import Setup
+from bes.serving import config as serve_config_lib
 from bes.serving import protocol, routing
 from bes.serving.config import ServeConfig
 from bes.serving.worker import WorkerHandle, WorkerSpec
@@ -128,13 +129,10 @@ class Frontend:
     k = 0
     for m, (mp, ms) in enumerate(zip(self.profile.models, serve.models)):
       for _ in range(mp.instances):
-        place = serve.placements[k]
-        gpu = place[1] if place and place[0] == "gpu" else None
         spec = WorkerSpec(instance=k, model=mp.name, config=ms.config, checkpoint=ms.checkpoint,
                           seed=setup.seed + k, dtype=serve.dtype, max_batch=mp.max_batch,
                           max_len=serve.max_len, queue_capacity=self.serving.queue_capacity,
-                          cpus=None if gpu is not None else tuple(place), device=gpu,
-                          buckets=None)
+                          buckets=None, **serve_config_lib.worker_placement(serve.placements[k]))
         mirror = InstanceMirror(index=k, model=m, handle=None)
         mirror.handle = make_handle(spec, self._threadsafe(k))
         self.instances.append(mirror)

@@ -9,8 +9,8 @@ bes/serving/worker_profile.py), and assembles a profile
   * `config.profile` when that file exists (and names the same models): its tasks, and per
     model its instances, gpus_per_instance, max_batch and quality (only latencies change);
   * else: the default profile's tasks, one instance per model, max batch
-    `config.serve.max_batch` (8 when absent), gpus_per_instance = the cores (or 1
-    accelerator) of the model's first placement, and quality from the quality table
+    `config.serve.max_batch` (8 when absent), gpus_per_instance = the cores (or the
+    accelerators of the slice) of the model's first placement, and quality from the quality table
     (`config.serve.quality`, default the shipped OPT table) under the stand-in mapping
     `config.serve.quality_as` ('cpu-small=opt-125m;...': a random-weight model carries the
     measured accuracies of the released model it stands in for; a model not mapped is looked
@@ -110,7 +110,7 @@ def profile_template(config: ml_collections.ConfigDict) -> dict[str, Any]:
       raise ValueError(f"config.serve.quality_as: model {name} (looked up as {looked_up!r}): "
                        f"{e}") from None
     place = placements[k]
-    gpus = 1 if place and place[0] == "gpu" else len(place)
+    gpus = len(place[1]) if serve_config_lib.is_accelerator(place) else len(place)
     out.append(dict(name=name, instances=1, gpus_per_instance=gpus, max_batch=max_batch,
                     quality=quality, quality_from=f"{looked_up} in {table_path}"))
   return {"tasks": tasks, "source": None, "models": out}
@@ -127,13 +127,11 @@ def worker_specs(config: ml_collections.ConfigDict, template: Mapping[str, Any])
   seed = int(config.get("seed", 0))
   specs, k = [], 0
   for ms, mt, n in zip(models, template["models"], instances):
-    place = placements[k]
-    gpu = place[1] if place and place[0] == "gpu" else None
     specs.append(WorkerSpec(
         instance=k, model=ms.name, config=ms.config, checkpoint=ms.checkpoint, seed=seed + k,
         dtype=str(config.serve.dtype), max_batch=int(mt["max_batch"]),
         max_len=int(config.serve.max_len), queue_capacity=int(config.env.queue_capacity),
-        cpus=None if gpu is not None else tuple(place), device=gpu, buckets=None))
+        buckets=None, **serve_config_lib.worker_placement(placements[k])))
     k += n
   return specs
 
@@ -175,7 +173,8 @@ def measure_serving_profile(config: ml_collections.ConfigDict, *, repeats: int =
   template = profile_template(config)
   specs = worker_specs(config, template)
   lengths = prefill_lengths(int(config.serve.max_len))
-  where = lambda s: f"core(s) {list(s.cpus)}" if s.device is None else f"accelerator {s.device}"
+  where = lambda s: (f"core(s) {list(s.cpus)}" if s.device is None
+                     else f"{s.platform}(s) {list(s.device)}")
   log(f"profiling {', '.join(f'{s.model} on {where(s)}' for s in specs)} together (max batch "
       f"{[s.max_batch for s in specs]}, max_len {specs[0].max_len}, prefill lengths {lengths}, "
       f"{repeats} repeats)")
@@ -187,8 +186,7 @@ def measure_serving_profile(config: ml_collections.ConfigDict, *, repeats: int =
         f"{t['prefill_s_fixed'] * 1e3:.2f} ms + {t['prefill_s_per_token'] * 1e6:.1f} us/token")
     raw[spec.model] = t
   date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-  places = ", ".join(f"{s.model}: " + (f"cores {list(s.cpus)}" if s.device is None
-                                       else f"accelerator {s.device}") for s in specs)
+  places = ", ".join(f"{s.model}: {where(s)}" for s in specs)
   quality = "; ".join(f"{m['name']}: {m['quality_from']}" for m in template["models"])
   provenance = (
       f"Measured by bes.serving.profiling (profile_workers: the serving EngineLoop of each "

@@ -12,10 +12,15 @@ The process (`worker_main`) pins itself before any JAX computation (`pin_process
   * CPU (device None): `XLA_FLAGS += --xla_cpu_multi_thread_eigen=false
     intra_op_parallelism_threads=1` (single-threaded XLA), `JAX_PLATFORMS=cpu`, and
     `os.sched_setaffinity(0, cpus)` when cpus is given.
-  * Accelerator (device d): only device d is visible: `CUDA_VISIBLE_DEVICES=d` (GPU) and
-    `TPU_VISIBLE_CHIPS=d` with single-chip process bounds (`TPU_CHIPS_PER_PROCESS_BOUNDS=1,1,1`,
-    `TPU_PROCESS_BOUNDS=1,1,1`); cpus, when given, pin the host threads likewise.
-Then it builds the engine (checkpoint, or random `opt.init_params` from `seed`), warms up
+  * Accelerator slice (device (d0, d1, ...), a config's 'gpu:0-3'): only those devices are
+    visible: `CUDA_VISIBLE_DEVICES=d0,d1,...`; on TPU (platform 'tpu', or any one-device slice,
+    as before) `TPU_VISIBLE_CHIPS=d0,...` with one process's bounds
+    (`TPU_PROCESS_BOUNDS=1,1,1`, `TPU_CHIPS_PER_PROCESS_BOUNDS` from the chip count: 1 -> 1,1,1,
+    2 -> 1,2,1, 4 -> 2,2,1, 8 -> 2,4,1; the libtpu convention for chips of one host, not
+    tested here). cpus, when given, pin the host threads likewise.
+Then it builds the engine (checkpoint, or random `opt.init_params` from `seed`), over a
+slice of several devices tensor-parallel (`Engine(mesh=...)`, a 'model' axis over every
+visible device; random weights then drawn already sharded), warms up
 (`EngineLoop.warmup`: nothing compiles while serving), sends Ready, and loops: take every
 pending message (block only when idle), one `EngineLoop.step`, send its Iteration. Refused
 Submits get Rejected. Shutdown(drain=True): stop accepting (later Submits are Rejected),
@@ -46,6 +51,8 @@ from bes.serving import protocol
 DTYPES = ("float32", "bfloat16", "float16")
 CPU_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 _POLL_S = 0.05
+# TPU_CHIPS_PER_PROCESS_BOUNDS of a slice of n chips of one host.
+TPU_BOUNDS = {1: "1,1,1", 2: "1,2,1", 4: "2,2,1", 8: "2,4,1"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +68,9 @@ class WorkerSpec:
   max_len: int
   queue_capacity: int
   cpus: tuple[int, ...] | None = None
-  device: int | None = None
+  device: int | tuple[int, ...] | None = None   # None: CPU; an int is a 1-device slice
   buckets: tuple[int, ...] | None = None
+  platform: str = "gpu"                          # 'gpu' | 'tpu' (accelerator slices only)
 
   def __post_init__(self):
     def need(ok, field, what):
@@ -84,8 +92,15 @@ class WorkerSpec:
     need(self.cpus is None or (isinstance(self.cpus, tuple) and self.cpus
                                and all(isint(c) and c >= 0 for c in self.cpus)),
          "cpus", "None or a non-empty tuple of core ids")
-    need(self.device is None or (isint(self.device) and self.device >= 0), "device",
-         "None (CPU) or an accelerator index >= 0")
+    if isint(self.device):
+      object.__setattr__(self, "device", (self.device,))
+    need(self.device is None or (isinstance(self.device, tuple) and self.device
+                                 and all(isint(d) and d >= 0 for d in self.device)
+                                 and len(set(self.device)) == len(self.device)),
+         "device", "None (CPU), an accelerator index >= 0 or a tuple of distinct ones")
+    need(self.platform in ("gpu", "tpu"), "platform", "'gpu' or 'tpu'")
+    need(self.platform != "tpu" or self.device is None or len(self.device) in TPU_BOUNDS,
+         "device", f"a TPU slice of {sorted(TPU_BOUNDS)} chips")
     need(self.buckets is None or (isinstance(self.buckets, tuple) and self.buckets
                                   and all(isint(b) and 1 <= b <= self.max_len
                                           for b in self.buckets)
@@ -101,10 +116,12 @@ def pin_process(spec: WorkerSpec) -> None:
       os.environ["XLA_FLAGS"] = f"{flags} {CPU_XLA_FLAGS}".strip()
     os.environ["JAX_PLATFORMS"] = "cpu"
   else:
-    os.environ["CUDA_VISIBLE_DEVICES"] = str(spec.device)
-    os.environ["TPU_VISIBLE_CHIPS"] = str(spec.device)
-    os.environ["TPU_CHIPS_PER_PROCESS_BOUNDS"] = "1,1,1"
-    os.environ["TPU_PROCESS_BOUNDS"] = "1,1,1"
+    ids = ",".join(str(d) for d in spec.device)
+    os.environ["CUDA_VISIBLE_DEVICES"] = ids
+    if spec.platform == "tpu" or len(spec.device) == 1:
+      os.environ["TPU_VISIBLE_CHIPS"] = ids
+      os.environ["TPU_CHIPS_PER_PROCESS_BOUNDS"] = TPU_BOUNDS[len(spec.device)]
+      os.environ["TPU_PROCESS_BOUNDS"] = "1,1,1"
   if spec.cpus is not None:
     pin_threads(spec.cpus)
 
@@ -125,23 +142,42 @@ def pin_threads(cpus) -> None:
       pass                                   # a thread that ended meanwhile
 
 
+def engine_mesh(spec: WorkerSpec):
+  """The engine's mesh: a 'model' axis over every visible device for a slice of several
+  accelerators (pinned: exactly the slice's), else None (one device, unsharded)."""
+  if spec.device is None or len(spec.device) == 1:
+    return None
+  import jax  # pylint: disable=import-outside-toplevel
+  from bes.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  devices = jax.devices()
+  if len(devices) != len(spec.device):
+    raise ValueError(f"WorkerSpec.device: a slice of {len(spec.device)} devices, but "
+                     f"{len(devices)} {devices[0].platform} device(s) are visible")
+  return mesh_lib.make_mesh(mesh_lib.MeshConfig(seed=1, data=1, model=-1), devices)
+
+
 def build_loop(spec: WorkerSpec):
   """The instance's EngineLoop (not warmed up); imports JAX, so pin first."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from bes.models import checkpoint, engine, opt  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from bes.models import checkpoint, engine, opt, opt_sharding
   from bes.serving import engine_loop  # pylint: disable=import-outside-toplevel
   if spec.device is None:
     jax.config.update("jax_platforms", "cpu")
   dtype = jnp.dtype(spec.dtype)
+  mesh = engine_mesh(spec)
   if spec.checkpoint is not None:
     config, params = checkpoint.load_checkpoint(spec.checkpoint, dtype)
     if config != spec.config:
       raise ValueError(f"WorkerSpec.config: differs from {spec.checkpoint}/config.json")
+  elif mesh is not None:
+    params = opt_sharding.init_sharded_params(spec.config, jax.random.key(spec.seed), mesh,
+                                              dtype)
   else:
     params = opt.init_params(spec.config, jax.random.key(spec.seed), dtype)
   eng = engine.Engine(params, spec.config, num_slots=spec.max_batch, max_len=spec.max_len,
-                      dtype=dtype, buckets=spec.buckets)
+                      dtype=dtype, buckets=spec.buckets, mesh=mesh)
   return engine_loop.EngineLoop(eng, spec.instance, spec.queue_capacity)
 
 

@@ -14,6 +14,10 @@ HF-format directories (`bes/models/checkpoint.py`; their tokenizer is used for t
 without them the models have the released architectures and random weights (latency is that
 of the real models, the text is not). Until profiled, the profile is the shipped A100 roofline
 (bes/data/profiles/opt_a100_roofline.json: same models, instances and quality).
+
+A placement may also be a slice of several GPUs ('gpu:0-3' or 'gpu:0,1,2,3'): that instance's
+engine runs tensor-parallel over them (configs/serve/gpu_large.py: OPT-13B on 2 GPUs, OPT-30B
+on 4); its profile entry's gpus_per_instance is then the slice's size.
 """
 import ml_collections
 
