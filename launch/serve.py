@@ -9,6 +9,7 @@ serves (`--config.serve.policy=learned --config.serve.workdir=runs/router_cpu`).
 
   python launch/serve.py --config=configs/serve/cpu.py --port=8000
   python launch/serve.py --config=configs/serve/cpu.py --policy=static:cpu-small
+  python launch/serve.py --config=configs/serve/gpu_large.py --dry_run   # devices, memory
 
 SIGTERM or Ctrl-C drains: new requests get 503, every accepted one finishes, the workers stop,
 and `config.serve.out/outcomes.csv` holds one row per request.
@@ -32,6 +33,29 @@ _HOST = flags.DEFINE_string("host", None, "Address to listen on (default config.
 _POLICY = flags.DEFINE_string("policy", None, "Router policy (default config.serve.policy).")
 _OUT = flags.DEFINE_string("out", None, "Directory of the server's outcomes.csv "
                            "(default config.serve.out).")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the per-instance plan (device slice, "
+                             "parameter and KV-cache memory per device; bes/parallel/plan.py) "
+                             "and exit: no engine starts, no accelerator is needed.")
+
+
+def serve_dry_run(config) -> str:
+  """The serving plan of `config`: one row per instance (profile order) with its device
+  slice as the 'model' axis and its profile's max batch as KV-cache slots."""
+  from bes.experiment import config as config_lib     # pylint: disable=g-import-not-at-top
+  from bes.parallel import plan                        # pylint: disable=g-import-not-at-top
+  from bes.serving import config as serve_lib          # pylint: disable=g-import-not-at-top
+  profile = config_lib.profile_from_config(config)
+  serve = serve_lib.serve_config(config, profile)
+  shapes = {m.name: m.config for m in serve.models}
+  instances, i = [], 0
+  for m in profile.models:
+    for _ in range(m.instances):
+      place = serve.placements[i]
+      devices = len(place[1]) if serve_lib.is_accelerator(place) else 1
+      instances.append((m.name, shapes[m.name], devices, m.max_batch))
+      i += 1
+  pod = plan.pod_from_config(config) if config.get("pod") else None
+  return plan.format_plan(plan.serve_plan(instances, serve.max_len, serve.dtype, pod))
 
 
 def main(argv):
@@ -42,6 +66,9 @@ def main(argv):
                if v is not None}
   try:
     config = config_cli.apply_overrides(_CONFIG.value, overrides)
+    if _DRY_RUN.value:
+      print(serve_dry_run(config))
+      return
     built = app_builder.build(config)
     io_util.check_writable_dir(built.serve.out, "config.serve.out")
     with socket.socket() as s:     # a taken port fails now, not after the engines warm up

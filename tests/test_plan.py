@@ -150,3 +150,21 @@ def test_model_axis_devices_hold_copies_not_more_batch():
                           memory=False)
   assert p["mesh"] == {"seed": 1, "data": 4, "model": 2} and p["batch_per_device"] == 512
   assert p["hosts"][0]["batch"] == 3 * 2048 and p["hosts"][0]["env_copies"] == 3 * 512
+
+
+@pytest.mark.slow
+def test_serve_dry_run_prints_each_instance_and_warns_over_memory():
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  run = lambda *extra: subprocess.run(
+      [sys.executable, "launch/serve.py", "--config=configs/serve/gpu_large.py", "--dry_run",
+       *extra], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+  r = run()
+  assert r.returncode == 0, r.stderr
+  assert "serve opt-13b (12.85 B params) over a model axis of 2" in r.stdout
+  assert "serve opt-30b (29.97 B params) over a model axis of 4" in r.stdout
+  assert "WARNING" not in r.stdout
+  r = run("--config.serve.max_len=2048")     # the dense cache doubles: 13B on 2 GPUs no longer fits
+  assert r.returncode == 0 and "WARNING: opt-13b over 2 device(s) needs" in r.stdout
+  r = run("--config.serve.placement=gpu:0-2;gpu:3-6")     # 40 heads over 3 devices
+  assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
+  assert "not divisible" in r.stderr

@@ -214,14 +214,14 @@ def opt_param_bytes(cfg, model_axis: int = 1, bytes_per_param: int = 2) -> dict[
 
 def serve_memory_plan(model, model_axis: int, batch: int = 32, max_len: int = 2048,
                       bytes_per_value: int = 2, hbm_gib_per_device: float = 0.0,
-                      device_kind: str = "device") -> dict[str, Any]:
+                      device_kind: str = "device", name: str | None = None) -> dict[str, Any]:
   """Bytes per device of an OPT (`model`: a name of `bes.models.opt_config` or an OPTConfig)
   served tensor-parallel over `model_axis` devices: parameters (`opt_param_bytes`) plus a
   KV cache of `batch` rows x `max_len` tokens (heads sharded); values of `bytes_per_value`
   bytes (2: bf16)."""
   from bes.models import opt_config
   cfg = opt_config.opt_config(model) if isinstance(model, str) else model
-  name = model if isinstance(model, str) else "opt"
+  name = name or (model if isinstance(model, str) else "opt")
   if isinstance(model_axis, bool) or not isinstance(model_axis, int) or model_axis < 1:
     raise ValueError(f"model axis: expected an integer >= 1, got {model_axis!r}")
   if cfg.num_attention_heads % model_axis:
@@ -258,8 +258,7 @@ def serve_plan(instances, max_len: int, dtype: str = "bfloat16", pod: Pod | None
     row = serve_memory_plan(model, model_axis, batch=batch, max_len=max_len,
                             bytes_per_value=DTYPE_BYTES[dtype],
                             hbm_gib_per_device=pod.hbm_gib_per_device if pod else 0.0,
-                            device_kind=pod.device_kind if pod else "device")
-    row["model"] = name
+                            device_kind=pod.device_kind if pod else "device", name=name)
     warnings += row["warnings"]
     rows.append(row)
   devices = sum(r["model_axis"] for r in rows)

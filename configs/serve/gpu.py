@@ -28,7 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()   # profile '' = the A100 roofline profile of these 4 instances
   config.serve = ml_collections.ConfigDict()
   config.serve.models = "opt-125m=opt-125m;opt-1.3b=opt-1.3b;opt-6.7b=opt-6.7b"
-  config.serve.max_len = 2048              # cache tokens per slot: prompt + output
+  config.serve.max_len = 1024              # cache tokens per slot: prompt + output (the
+                                           # profile's context: its max batch fits 80 GB)
   config.serve.dtype = "bfloat16"
   config.serve.placement = "gpu:0;gpu:1;gpu:2;gpu:3"   # opt-125m, opt-1.3b, opt-6.7b x2
   config.serve.policy = "deadline_greedy"
@@ -37,5 +38,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.serve.port = 8000
   config.serve.hang_timeout_s = 5.0
   config.serve.tokenizer_vocab = 8192
+  # The machine, for `launch/serve.py --dry_run` (memory per device against its HBM).
+  config.pod = ml_collections.ConfigDict()
+  config.pod.platform = "gpu"
+  config.pod.device_kind = "A100-80GB-SXM"
+  config.pod.num_hosts = 1
+  config.pod.devices_per_host = 4
+  config.pod.hbm_gib_per_device = 74.5     # 80 GB
   config.serve.out = "runs/serve_gpu"
   return config

@@ -42,5 +42,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.serve.port = 8000
   config.serve.hang_timeout_s = 10.0
   config.serve.tokenizer_vocab = 8192
+  # The machine, for `launch/serve.py --dry_run` (memory per device against its HBM).
+  config.pod = ml_collections.ConfigDict()
+  config.pod.platform = "gpu"
+  config.pod.device_kind = "A100-80GB-SXM"
+  config.pod.num_hosts = 1
+  config.pod.devices_per_host = 8
+  config.pod.hbm_gib_per_device = 74.5     # 80 GB
   config.serve.out = "runs/serve_gpu_large"
   return config
