@@ -66,16 +66,11 @@ def check_resume(saved: dict, config: ml_collections.ConfigDict) -> None:
 
 def make_trainer(setup: Setup, mesh: Mesh | None = None) -> tuple[dqn.Trainer, TrainEnvs]:
   """The learner of `setup` (one seed's functions) and its environments; with a `mesh`, its
-  sampled replay batches are constrained to the mesh's 'data' axis."""
+  sampled replay batches and evaluation episodes are constrained to the mesh's 'data' axis."""
   envs = setup.train_envs()
-  constrain = None
-  if mesh is not None and mesh_lib.axis_size(mesh, "batch") > 1:
-    batch = mesh_lib.logical_sharding(mesh, ("batch",))
-    constrain = lambda b: jax.tree_util.tree_map(
-        lambda x: jax.lax.with_sharding_constraint(x, batch), b)
   trainer = dqn.make_train(setup.dqn, setup.train, envs.env, envs.params, envs.eval_env,
                            envs.eval_params, params_batched=envs.batched,
-                           constrain_batch=constrain)
+                           constrain=None if mesh is None else mesh_lib.constrainer(mesh))
   return trainer, envs
 
 

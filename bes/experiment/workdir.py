@@ -16,6 +16,7 @@ import ml_collections
 from bes import config_cli, heuristics, io_util
 from bes.experiment import evaluate as evaluate_lib
 from bes.experiment.setup import Setup
+from bes.parallel import mesh as mesh_lib
 from bes.router import checkpoint
 from bes.router import features as features_lib
 from bes.router.policy import LearnedPolicy
@@ -26,13 +27,16 @@ HEURISTICS_FILE = "heuristics.json"
 
 def tune_heuristics(setup: Setup, workdir: str, log: Callable[[str], None] = print) -> dict:
   """Tunes every heuristic of `bes.heuristics` on the training workload (at its base rate,
-  training episodes) and saves the knobs to `workdir/heuristics.json`; returns them."""
+  training episodes) and saves the knobs to `workdir/heuristics.json`; returns them. The
+  candidates are scored in parallel over this process's devices (every process of a
+  multi-process run tunes the same knobs; the primary writes them)."""
   env, params = setup.env()
   key = jax.random.PRNGKey(setup.seed + 2)
+  mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(seed=1, data=-1, model=1), jax.local_devices())
   tuned = {}
   for name in heuristics.HEURISTICS:
     log(f"tuning {name} on the training workload (grid search of its knobs; compiles first)")
-    policy, _ = heuristics.tune(name, env, params, key)
+    policy, _ = heuristics.tune(name, env, params, key, mesh=mesh)
     tuned[name] = heuristics.to_dict(policy)
     log(f"tuned {name}: {heuristics.format_knobs(tuned[name])}")
   if jax.process_index() == 0:     # every process tunes (the same knobs); one writes
