@@ -210,12 +210,8 @@ def evaluate(env: ServingEnv, params: EnvParams, policies, keys: jax.Array,
   step) for `num_steps` steps each. With a `mesh` (`bes.parallel.mesh`), the candidates are
   sharded over its 'data' axis ('points'; the stack padded with copies of its last policy to
   a multiple of that axis, the copies' scores dropped): the same scores, in parallel."""
-  count = jax.tree_util.tree_leaves(policies)[0].shape[0]
   shards = 1 if mesh is None else mesh_lib.axis_size(mesh, "points")
-  pad = -count % shards
-  if pad:
-    policies = jax.tree_util.tree_map(
-        lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]), policies)
+  policies, count = mesh_lib.pad_leading(policies, shards)
   return _evaluate(env, params, policies, keys, int(num_steps), mesh if shards > 1 else None)[:count]
 
 

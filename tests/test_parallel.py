@@ -151,6 +151,38 @@ print(json.dumps(dict(got, process=jax.process_index(), processes=jax.process_co
   _assert_params_close(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want))
 
 
+@pytest.mark.slow
+def test_sharded_evaluation_of_seeds_equals_one_by_one(tmp_path):
+  """8 forced devices: 3 learned seeds (random networks) evaluated as one program sharded over
+  the devices (padded to 8) have the outcomes of their one-by-one recorded episodes."""
+  script = CHILD + f'''
+from bes.experiment import evaluate as evaluate_lib
+from bes.router import features as features_lib
+from bes.router.policy import LearnedPolicy
+from bes.router.qnetwork import make_qnetwork
+setup = Setup.from_config(tiny_config({str(tmp_path)!r}))
+layout = features_lib.layout(2, 2, setup.dqn.features)
+network = make_qnetwork(layout, setup.dqn)
+obs = jax.numpy.zeros((1, layout.size))
+seeds = [LearnedPolicy(params=network.init(jax.random.PRNGKey(s), obs), network=network)
+         for s in range(3)]
+key, n = jax.random.PRNGKey(7), 60
+mesh = mesh_lib.local_mesh()
+sharded = evaluate_lib.run_seeds(setup, seeds, n, key, mesh)
+single = [evaluate_lib.run_policy(setup, p, n, key) for p in seeds]
+same = [all(np.array_equal(a[1][k], b[1][k]) for k in a[1]) for a, b in zip(sharded, single)]
+result, _ = evaluate_lib.evaluate(setup, n, key, {{}}, seeds, log=lambda m: None)
+print(json.dumps(dict(devices=mesh.size, same=same,
+                      sharded=[s for s, _ in sharded], single=[s for s, _ in single],
+                      learned=result["policies"]["learned"]["mean_utility"])))
+'''
+  got = run_on_devices(8, script, timeout=300)
+  assert got["devices"] == 8
+  assert got["same"] == [True, True, True]
+  assert got["sharded"] == got["single"]
+  assert got["learned"] == pytest.approx(np.mean([s["mean_utility"] for s in got["single"]]))
+
+
 def test_resume_ignores_the_mesh_keys(tiny_router_config):
   """A saved config with another mesh, or none (an old workdir), resumes; other keys differ."""
   cfg = tiny_router_config()

@@ -32,7 +32,7 @@ def tune_heuristics(setup: Setup, workdir: str, log: Callable[[str], None] = pri
   multi-process run tunes the same knobs; the primary writes them)."""
   env, params = setup.env()
   key = jax.random.PRNGKey(setup.seed + 2)
-  mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(seed=1, data=-1, model=1), jax.local_devices())
+  mesh = mesh_lib.local_mesh()
   tuned = {}
   for name in heuristics.HEURISTICS:
     log(f"tuning {name} on the training workload (grid search of its knobs; compiles first)")

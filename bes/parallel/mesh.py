@@ -180,3 +180,20 @@ def constrainer(mesh: Mesh | None):
       return jax.lax.with_sharding_constraint(x, sharding)
     return jax.tree_util.tree_map(one, tree)
   return constrain
+
+
+def pad_leading(tree, multiple: int):
+  """`tree` with the leading axis of every array padded to a multiple of `multiple` with
+  copies of its last entry (so that a mesh axis divides it), and the original length."""
+  count = jax.tree_util.tree_leaves(tree)[0].shape[0]
+  pad = -count % max(1, multiple)
+  if pad:
+    tree = jax.tree_util.tree_map(
+        lambda x: jax.numpy.concatenate([x, jax.numpy.repeat(x[-1:], pad, axis=0)]), tree)
+  return tree, count
+
+
+def local_mesh() -> Mesh:
+  """Every device of this process on the 'data' axis: for work each process repeats on its
+  own (evaluations and tuning in a multi-process run, where inputs are host values)."""
+  return make_mesh(MeshConfig(seed=1, data=-1, model=1), jax.local_devices())
