@@ -41,7 +41,8 @@ DEFAULT_TURNOVERS = (0.0, 1.0)
 DEFAULT_DUMPS = (0.0, 1.0)
 DEFAULT_LEVELS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0)
 MAX_CANDIDATES = 4096
-_NEVER = jnp.float32(1e30)  # predicted latency (us) of a request the model would reject
+_NEVER = np.float32(1e30)  # predicted latency (us) of a rejecting model (numpy: no JAX
+                           # array at import, so jax.distributed can start after it)
 
 
 # --------------------------------------------------------------------------------- policies

@@ -233,3 +233,16 @@ def test_single_process_distributed_is_a_no_op(monkeypatch):
     distributed.initialize()
   with pytest.raises(ValueError, match=r"--process_id: expected 0\.\.1, got 2"):
     distributed.initialize(num_processes=2, process_id=2)
+
+
+@pytest.mark.slow
+def test_importing_the_launchers_starts_no_jax_backend():
+  """jax.distributed.initialize() must run before JAX starts a backend, and the launchers
+  call it first thing in main: importing them (and loading the default config) may not
+  create a JAX array."""
+  script = ("import json, jax._src.xla_bridge as xb\n"
+            "import launch.train\n"
+            "from configs import default\n"
+            "default.get_config()\n"
+            "print(json.dumps(dict(started=bool(xb._backends))))\n")
+  assert run_on_devices(1, script, timeout=120) == {"started": False}

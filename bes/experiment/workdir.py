@@ -16,6 +16,7 @@ import ml_collections
 from bes import config_cli, heuristics, io_util
 from bes.experiment import evaluate as evaluate_lib
 from bes.experiment.setup import Setup
+from bes.parallel import distributed
 from bes.parallel import mesh as mesh_lib
 from bes.router import checkpoint
 from bes.router import features as features_lib
@@ -86,7 +87,10 @@ def load_policies(workdir: str) -> list[LearnedPolicy]:
   obs = jnp.zeros((1, layout.size), jnp.float32)
   keys = jax.random.split(jax.random.PRNGKey(0), setup.num_seeds)
   like = jax.eval_shape(jax.vmap(lambda k: network.init(k, obs)), keys)
-  params = checkpoint.restore_params(workdir, step, like)
+  # Host copies: in a multi-process run the restored arrays span every process's devices,
+  # while evaluation runs on each process's own devices.
+  params = jax.tree_util.tree_map(jnp.asarray, distributed.fetch(
+      checkpoint.restore_params(workdir, step, like)))
   return [LearnedPolicy(params=jax.tree_util.tree_map(lambda x, s=s: x[s], params),
                         network=network)
           for s in range(setup.num_seeds)]
