@@ -213,7 +213,8 @@ def evaluate(env: ServingEnv, params: EnvParams, policies, keys: jax.Array,
   a multiple of that axis, the copies' scores dropped): the same scores, in parallel."""
   shards = 1 if mesh is None else mesh_lib.axis_size(mesh, "points")
   policies, count = mesh_lib.pad_leading(policies, shards)
-  return _evaluate(env, params, policies, keys, int(num_steps), mesh if shards > 1 else None)[:count]
+  scores = _evaluate(env, params, policies, keys, int(num_steps), mesh if shards > 1 else None)
+  return scores[:count]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))

@@ -246,3 +246,28 @@ def test_importing_the_launchers_starts_no_jax_backend():
             "default.get_config()\n"
             "print(json.dumps(dict(started=bool(xb._backends))))\n")
   assert run_on_devices(1, script, timeout=120) == {"started": False}
+
+
+@pytest.mark.slow
+def test_train_launcher_as_two_processes(tmp_path, tiny_profile_path):
+  """launch/train.py run twice over loopback (flags from $JAX_*): one training, one
+  evaluation report and metrics.csv written once (by process 0), both processes exit 0."""
+  workdir = str(tmp_path / "run")
+  argv = ["launch/train.py", f"--workdir={workdir}", *tiny_router.launcher_flags(tiny_profile_path)]
+  script = f'''
+import json, runpy, sys
+sys.argv = {argv!r}
+code = 0
+try:
+  runpy.run_path("launch/train.py", run_name="__main__")
+except SystemExit as e:
+  code = e.code or 0
+import jax
+print(json.dumps(dict(code=code, process=jax.process_index(), processes=jax.process_count())))
+'''
+  procs = run_processes(2, script, devices_per_process=1, timeout=400)
+  assert procs == [dict(code=0, process=0, processes=2), dict(code=0, process=1, processes=2)]
+  assert len(_rows(workdir)) == 4                     # 2 chunks x 2 seeds, once
+  with open(os.path.join(workdir, "eval", "metrics.json")) as f:
+    learned = json.load(f)["policies"]["learned"]
+  assert len(learned["seeds"]) == 2
