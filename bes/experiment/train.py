@@ -18,8 +18,10 @@ Devices (`config.mesh`, `bes/parallel/mesh.py`): the learner state [seeds, ...] 
 `replay`: [seeds, E, ...]) over ('seed', 'data'), the rest (networks, optimiser, keys) over
 'seed' (replicated over 'data'). Each sampled replay batch is constrained to 'data', so the
 forward / backward pass is data-parallel and XLA all-reduces the gradients (the jit / GSPMD
-pattern). Random draws do not depend on the sharding (`jax_threefry_partitionable`, on by
-default), so a sharded run equals the 1-device run up to the order of float sums.
+pattern). Random draws do not depend on the sharding (JAX's threefry values are the same for
+any sharding; `jax_threefry_partitionable`, JAX's default, also draws them shard by shard
+without communication), so a sharded run equals the 1-device run up to the order of float
+sums (the tiny test run: params within 3e-8).
 Several processes (`bes/parallel/distributed.py`) run the same program on one global mesh:
 every process takes part in the checkpoints, the primary alone writes metrics.csv and
 config.json and logs. The mesh keys are not compared on resume: a run resumes on another
