@@ -123,7 +123,8 @@ def run_episodes(env: ServingEnv, params: EnvParams, policies, key: jax.Array,
   """`run_episode` for each of a stack of P policies (leading axis P, e.g. a learned router's
   seeds) on the same requests, in one vmapped program whose policies are sharded over the
   `mesh`'s 'data' axis (padded to a multiple of it); returns [(outcomes, step rewards)] per
-  policy, each exactly what `run_episode` returns for that policy alone."""
+  policy, what `run_episode` returns for that policy alone (bitwise on CPU in the tests; a
+  batched matmul could round a near-tied Q-value differently on other backends)."""
   if not env.record:
     raise ValueError("run_episodes needs an environment built with record=True")
   shards = 1 if mesh is None else mesh_lib.axis_size(mesh, "points")

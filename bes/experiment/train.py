@@ -108,6 +108,8 @@ def state_shardings(mesh: Mesh, like: dqn.LearnerState) -> dqn.LearnerState:
 def programs(setup: Setup, mesh: Mesh | None = None) -> Programs:
   """The learner of `setup` jitted over `mesh` (default: `setup.mesh()`, every device)."""
   mesh = setup.mesh() if mesh is None else mesh
+  mesh_lib.check_divides(mesh, "seeds", setup.num_seeds, "config.num_seeds")
+  mesh_lib.check_divides(mesh, "envs", setup.dqn.num_envs, "config.dqn.num_envs")
   trainer, _ = make_trainer(setup, mesh)
   seeds = mesh_lib.logical_sharding(mesh, ("seeds",))
   vmap = lambda f: jax.vmap(f, spmd_axis_name="seed")
