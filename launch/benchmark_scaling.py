@@ -18,7 +18,8 @@ then keeps the first N devices visible (`--devices` no larger than the host has)
 
   python launch/benchmark_scaling.py --out=results/scaling_benchmark
   python launch/benchmark_scaling.py --devices=1,2 --num_envs=16 --train_envs=8 --steps=16 \
-      --chunk_iterations=20 --repeats=1 --out=/tmp/scaling_smoke        # a quick smoke test
+      --chunk_iterations=20 --repeats=1 --config.dqn.learning_starts=10 \
+      --config.dqn.batch_size=16 --out=/tmp/scaling_smoke      # a smoke test (~3 min on 2 cores)
 """
 from __future__ import annotations
 
@@ -29,9 +30,12 @@ import subprocess
 import sys
 import time
 
+import jax
 from absl import app, flags
 
 from bes import cli_errors, config_cli
+from bes.experiment import Setup, throughput
+from bes.experiment.throughput import physical_cores, scaling_table
 
 _CONFIG = config_cli.define_config_flag("Config file (its config.mesh shapes each child's mesh).")
 _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4", "8"], "Device counts, one child each.")
@@ -50,21 +54,6 @@ _PLATFORM = flags.DEFINE_enum("platform", "cpu", ["cpu", "gpu", "tpu"], "cpu: fo
 _TIMEOUT = flags.DEFINE_integer("timeout_s", 3600, "Seconds allowed per child.")
 _OUT = flags.DEFINE_string("out", "results/scaling_benchmark", "Writes OUT.json and OUT.md.")
 _CHILD = flags.DEFINE_integer("child_devices", 0, "Internal: run as the child of N devices.")
-
-
-def physical_cores() -> int | None:
-  """Physical cores of this machine (distinct (package, core) pairs of /proc/cpuinfo)."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      blocks = f.read().strip().split("\n\n")
-  except OSError:
-    return None
-  cores = set()
-  for block in blocks:
-    fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    cores.add((fields.get("physical id", "0"), fields.get("core id", fields.get("processor"))))
-  return len(cores) or None
 
 
 def child_env(devices: int, platform: str) -> dict:
@@ -99,8 +88,6 @@ def run_child(devices: int) -> dict:
 
 def child_main(devices: int) -> None:
   """Measures this process's devices and prints the row as JSON (last stdout line)."""
-  import jax   # pylint: disable=import-outside-toplevel
-  from bes.experiment import Setup, throughput   # pylint: disable=import-outside-toplevel
   if jax.device_count() != devices:
     raise ValueError(f"expected {devices} devices, JAX sees {jax.device_count()} "
                      f"({jax.devices()})")
@@ -116,24 +103,6 @@ def child_main(devices: int) -> None:
     row["train"] = throughput.training_throughput(config, _TRAIN_ENVS.value, _NUM_SEEDS.value,
                                                   _CHUNK.value, _REPEATS.value, setup.profile)
   print(json.dumps(row))
-
-
-def _table(rows: list[dict]) -> str:
-  base = rows[0]
-  lines = ["| devices | mesh | env request-steps/s | speedup | train decisions/s | "
-           "train updates/s | speedup |", "|---:|---|---:|---:|---:|---:|---:|"]
-  for r in rows:
-    env = r["env"]["request_steps_per_s"]
-    line = (f"| {r['devices']} | {r['env']['mesh']} | {env:,.0f} | "
-            f"{env / base['env']['request_steps_per_s']:.2f}x |")
-    if "train" in r:
-      t = r["train"]
-      line += (f" {t['decisions_per_s']:,.0f} | {t['updates_per_s']:,.0f} | "
-               f"{t['updates_per_s'] / max(base['train']['updates_per_s'], 1e-9):.2f}x |")
-    else:
-      line += " - | - | - |"
-    lines.append(line)
-  return "\n".join(lines)
 
 
 def main(argv):
@@ -168,7 +137,7 @@ def main(argv):
             f"{note}\n\nEnvironment: {_NUM_ENVS.value} environments x {_STEPS.value} calls, "
             f"random router, max_passes={_MAX_PASSES.value}, best of {_REPEATS.value}. "
             f"Training: {_TRAIN_ENVS.value} environments x {_NUM_SEEDS.value} seed(s), chunks "
-            f"of {_CHUNK.value} iterations, median of {_REPEATS.value}.\n\n{_table(rows)}\n")
+            f"of {_CHUNK.value} iterations, median of {_REPEATS.value}.\n\n{scaling_table(rows)}\n")
   print(f"wrote {_OUT.value}.json and .md")
 
 

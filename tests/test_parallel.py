@@ -271,3 +271,25 @@ print(json.dumps(dict(code=code, process=jax.process_index(), processes=jax.proc
   with open(os.path.join(workdir, "eval", "metrics.json")) as f:
     learned = json.load(f)["policies"]["learned"]
   assert len(learned["seeds"]) == 2
+
+
+def test_pad_leading_and_constrainer_on_one_device():
+  from bes.parallel import mesh as mesh_lib
+  tree = {"a": np.arange(3.0), "b": np.arange(6).reshape(3, 2)}
+  padded, count = mesh_lib.pad_leading(tree, 4)
+  assert count == 3 and padded["a"].tolist() == [0.0, 1.0, 2.0, 2.0]
+  assert padded["b"].tolist() == [[0, 1], [2, 3], [4, 5], [4, 5]]
+  assert mesh_lib.pad_leading(tree, 3)[0] is tree
+  assert mesh_lib.constrainer(None)(tree, "batch") is tree
+  one = mesh_lib.local_mesh()
+  assert mesh_lib.constrainer(one)(tree, "batch") is tree       # a 1-device axis: unchanged
+
+
+def test_scaling_benchmark_table():
+  from bes.experiment import throughput
+  cores = throughput.physical_cores()
+  assert cores is None or cores >= 1
+  rows = [dict(devices=d, env=dict(mesh={"data": d}, request_steps_per_s=100.0 * d),
+               train=dict(decisions_per_s=10.0, updates_per_s=5.0 * d)) for d in (1, 2)]
+  table = throughput.scaling_table(rows)
+  assert "| 2 | {'data': 2} | 200 | 2.00x | 10 | 10 | 2.00x |" in table

@@ -93,3 +93,38 @@ def env_throughput(setup: Setup, num_envs: int, steps: int, repeats: int,
   return dict(num_envs=num_envs, steps=steps, max_passes=max_passes,
               compile_plus_first_run_s=compile_s, run_s=best, decisions=decisions,
               request_steps_per_s=decisions / best, mesh=dict(mesh.shape), load_avg=load_avg())
+
+
+def physical_cores() -> int | None:
+  """Physical cores of this machine (distinct (package, core) pairs of /proc/cpuinfo)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      blocks = f.read().strip().split("\n\n")
+  except OSError:
+    return None
+  cores = set()
+  for block in blocks:
+    fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    cores.add((fields.get("physical id", "0"), fields.get("core id", fields.get("processor"))))
+  return len(cores) or None
+
+
+def scaling_table(rows: list[dict]) -> str:
+  """The markdown table of launch/benchmark_scaling.py: per device count the env and training
+  rates and their speedups over the first row."""
+  base = rows[0]
+  lines = ["| devices | mesh | env request-steps/s | speedup | train decisions/s | "
+           "train updates/s | speedup |", "|---:|---|---:|---:|---:|---:|---:|"]
+  for r in rows:
+    env = r["env"]["request_steps_per_s"]
+    line = (f"| {r['devices']} | {r['env']['mesh']} | {env:,.0f} | "
+            f"{env / base['env']['request_steps_per_s']:.2f}x |")
+    if "train" in r:
+      t = r["train"]
+      line += (f" {t['decisions_per_s']:,.0f} | {t['updates_per_s']:,.0f} | "
+               f"{t['updates_per_s'] / max(base['train']['updates_per_s'], 1e-9):.2f}x |")
+    else:
+      line += " - | - | - |"
+    lines.append(line)
+  return "\n".join(lines)
