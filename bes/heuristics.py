@@ -32,6 +32,7 @@ from bes import policies as policies_lib
 from bes.env import observation
 from bes.env import rollout as rollout_lib
 from bes.env.serving_env import EnvParams, ServingEnv
+from bes.parallel import mesh as mesh_lib
 from bes.workloads import sample
 
 HEURISTICS = ("deadline_greedy", "load_threshold")
@@ -40,7 +41,8 @@ DEFAULT_TURNOVERS = (0.0, 1.0)
 DEFAULT_DUMPS = (0.0, 1.0)
 DEFAULT_LEVELS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0)
 MAX_CANDIDATES = 4096
-_NEVER = jnp.float32(1e30)  # predicted latency (us) of a request the model would reject
+_NEVER = np.float32(1e30)  # predicted latency (us) of a rejecting model (numpy: no JAX
+                           # array at import, so jax.distributed can start after it)
 
 
 # --------------------------------------------------------------------------------- policies
@@ -203,21 +205,29 @@ def mean_lengths(workload, key: jax.Array, n: int = 8192) -> tuple[float, float]
 
 # --------------------------------------------------------------------------------- evaluation
 def evaluate(env: ServingEnv, params: EnvParams, policies, keys: jax.Array,
-             num_steps: int) -> jnp.ndarray:
+             num_steps: int, mesh=None) -> jnp.ndarray:
   """Mean per-request reward of each of a stack of policies (leading axis C) on each of
   `keys` [K, 2], float32 [C, K]: one jitted call of `rollout_lib.rollouts` (one decision per
-  step) for `num_steps` steps each."""
-  return _evaluate(env, params, policies, keys, int(num_steps))
+  step) for `num_steps` steps each. With a `mesh` (`bes.parallel.mesh`), the candidates are
+  sharded over its 'data' axis ('points'; the stack padded with copies of its last policy to
+  a multiple of that axis, the copies' scores dropped): the same scores, in parallel."""
+  shards = 1 if mesh is None else mesh_lib.axis_size(mesh, "points")
+  policies, count = mesh_lib.pad_leading(policies, shards)
+  scores = _evaluate(env, params, policies, keys, int(num_steps), mesh if shards > 1 else None)
+  return scores[:count]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _evaluate(env, params, policies, keys, num_steps):
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _evaluate(env, params, policies, keys, num_steps, mesh):
+  policies = mesh_lib.constrainer(mesh)(policies, "points")
+
   def one(policy):
     return rollout_lib.rollouts(env, params, policy, keys, num_steps)["reward"].sum(-1) / num_steps
   return jax.vmap(one)(policies)
 
 
-def _grid_search(name: str, env, params, key, candidates: list[dict], build, num_steps, num_keys):
+def _grid_search(name: str, env, params, key, candidates: list[dict], build, num_steps, num_keys,
+                 mesh=None):
   if not candidates:
     raise ValueError(f"heuristics.tune({name!r}): the knob grid is empty")
   if len(candidates) > MAX_CANDIDATES:
@@ -229,7 +239,7 @@ def _grid_search(name: str, env, params, key, candidates: list[dict], build, num
                      f"{num_steps} and {num_keys}")
   policies = [build(**c) for c in candidates]
   keys = jax.random.split(key, int(num_keys))
-  scores = np.asarray(evaluate(env, params, policies_lib.stack(policies), keys, num_steps))
+  scores = np.asarray(evaluate(env, params, policies_lib.stack(policies), keys, num_steps, mesh))
   mean = scores.mean(axis=1)
   best = int(np.argmax(mean))
   report = dict(name=name, knobs=candidates[best], best_index=best, score=float(mean[best]),
@@ -245,8 +255,9 @@ def tune_deadline_greedy(env: ServingEnv, params: EnvParams, key: jax.Array,
                          dumps: Sequence[float] = DEFAULT_DUMPS,
                          mean_output_len: float | None = None,
                          mean_prompt_len: float | None = None,
-                         num_steps: int | None = None, num_keys: int = 4):
-  """Grid search of `DeadlineGreedy`'s slack x turnover x dump on (env, params).
+                         num_steps: int | None = None, num_keys: int = 4, mesh=None):
+  """Grid search of `DeadlineGreedy`'s slack x turnover x dump on (env, params); with a
+  `mesh`, candidates are scored in parallel over its 'data' axis (`evaluate`).
 
   Mean lengths default to `mean_lengths(params.workload, ...)`; `num_steps` defaults to one
   episode. Returns (best policy, report dict: knobs, per-candidate mean scores, ...).
@@ -260,12 +271,13 @@ def tune_deadline_greedy(env: ServingEnv, params: EnvParams, key: jax.Array,
                      slack=float(s), turnover=float(u), dump=float(d))
                 for s, u, d in itertools.product(slacks, turnovers, dumps)]
   build = lambda **kw: deadline_greedy(params, **kw)
-  return _grid_search("deadline_greedy", env, params, k_run, candidates, build, num_steps, num_keys)
+  return _grid_search("deadline_greedy", env, params, k_run, candidates, build, num_steps,
+                      num_keys, mesh)
 
 
 def tune_load_threshold(env: ServingEnv, params: EnvParams, key: jax.Array,
                         levels: Sequence[float] = DEFAULT_LEVELS,
-                        num_steps: int | None = None, num_keys: int = 4):
+                        num_steps: int | None = None, num_keys: int = 4, mesh=None):
   """Grid search of `LoadThreshold`: every model but the one of lowest mean quality (the
   natural fallback) takes each of `levels` (a product grid, levels ** (M - 1) candidates);
   the fallback model's threshold is max(levels). Returns (best policy, report dict)."""
@@ -278,7 +290,8 @@ def tune_load_threshold(env: ServingEnv, params: EnvParams, key: jax.Array,
     th.insert(fallback, max(levels) if levels else 0.0)
     candidates.append(dict(thresholds=th))
   build = lambda **kw: load_threshold(params, **kw)
-  return _grid_search("load_threshold", env, params, key, candidates, build, num_steps, num_keys)
+  return _grid_search("load_threshold", env, params, key, candidates, build, num_steps,
+                      num_keys, mesh)
 
 
 # --------------------------------------------------------------------------------- registry

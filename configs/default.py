@@ -89,7 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Device mesh (bes/parallel/mesh.py): sizes of its axes; -1 = the devices left over.
   # seed: vmapped seeds; data: parallel environments, batches, sweep points; model: tensor
-  # parallelism of served models. A run resumes on any mesh (these keys are not compared).
+  # parallelism of served models. A run resumes on any mesh or number of processes (these
+  # keys are not compared); several processes: launch/train.py --num_processes (WORKSPACE.md).
   config.mesh = ml_collections.ConfigDict()
   config.mesh.seed = 1                # devices along the seed axis (divides num_seeds)
   config.mesh.data = -1               # devices along the data axis (divides dqn.num_envs)

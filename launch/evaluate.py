@@ -21,6 +21,7 @@ from absl import app, flags, logging
 
 from bes import cli_errors, config_cli, io_util, progress
 from bes.experiment import evaluate, report, workdir
+from bes.parallel import distributed
 
 _CONFIG = config_cli.define_config_flag(
     "Only its --config.KEY=VALUE overrides are used: they replace keys of the workdir's saved "
@@ -37,6 +38,7 @@ _BASELINES = flags.DEFINE_list("baselines", list(evaluate.BASELINES),
                                f"Fixed baselines, some of {list(evaluate.BASELINES)}.")
 _DEPLOYMENTS = flags.DEFINE_string("deployments", "", "Static single-model deployments, "
                                    "MODEL:GPUS,... e.g. 'opt-6.7b:4,opt-6.7b:8'.")
+_DISTRIBUTED = distributed.define_flags()
 
 
 def main(argv):
@@ -45,11 +47,17 @@ def main(argv):
   overrides = config_cli.command_line_overrides(sys.argv, _CONFIG.value)
   overrides.update(config_cli.trace_overrides(_TRACE.value, _TRACE_RATE.value))
   try:
-    io_util.check_writable_dir(_OUT.value, "--out")   # before evaluating, not after
-    with progress.heartbeat(print) as log:   # a line at least every 10 s while compiling
+    distributed.initialize(flag_values=_DISTRIBUTED)   # no-op for a single process
+    primary = distributed.is_primary()
+    if primary:
+      io_util.check_writable_dir(_OUT.value, "--out")   # before evaluating, not after
+    # a line at least every 10 s while compiling (the primary alone prints)
+    with progress.heartbeat(print if primary else lambda m: None) as log:
       result = workdir.evaluate_workdir(
           _WORKDIR.value, overrides, num_requests=_NUM_REQUESTS.value, seed=_SEED.value,
           baselines=_BASELINES.value, deployments=_DEPLOYMENTS.value, log=log)
+    if not primary:
+      return
     text, _ = report.write(_OUT.value, result, f"python {' '.join(sys.argv)}")
   except ValueError as e:
     sys.exit(f"evaluate.py: error: {e}")

@@ -14,6 +14,13 @@ The work is done by `bes.experiment` (train, workdir, report).
       --config.workload.kind=poisson --config.workload.rate=40 --config.env.reward=soft
   python launch/train.py --workdir=runs/r --config_help     # every config key and its meaning
   python launch/train.py --config=configs/pod/tpu_v5p_32.py --dry_run   # the per-host plan
+  python launch/train.py --workdir=runs/r --config.mesh.seed=2   # seeds over 2 of the devices
+
+Many processes (hosts): run the same command in each, with `--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I` (or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES,
+$JAX_PROCESS_ID; on Cloud TPU, SLURM or Open MPI nothing: jax.distributed finds them) and one
+shared --workdir. Every process trains and checkpoints; process 0 alone writes metrics.csv,
+config.json, heuristics.json and the evaluation, and prints.
 """
 from __future__ import annotations
 
@@ -25,6 +32,9 @@ from absl import app, flags, logging
 
 from bes import cli_errors, config_cli, progress
 from bes.experiment import Setup, report, train, workdir as workdir_lib
+from bes.parallel import distributed
+
+_DISTRIBUTED = distributed.define_flags()
 
 _CONFIG = config_cli.define_config_flag("Config file to train with.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics "
@@ -47,8 +57,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)   # orbax logs every save and restore at INFO
   workdir = _WORKDIR.value
   try:
+    distributed.initialize(flag_values=_DISTRIBUTED)   # no-op for a single process
+    primary = distributed.is_primary()
     setup = Setup.from_config(_CONFIG.value)
-    with progress.heartbeat(print) as log:   # a line at least every 10 s while compiling
+    with progress.heartbeat(print if primary else lambda m: None) as log:
       start = time.time()
       if train.train(setup, workdir, log=log):
         log(f"trained in {time.time() - start:.1f} s; checkpoints in {workdir}/checkpoints")
@@ -60,6 +72,8 @@ def main(argv):
       if not _EVAL.value:
         return
       result = workdir_lib.evaluate_workdir(workdir, deployments=_DEPLOYMENTS.value, log=log)
+    if not primary:
+      return
     text, _ = report.write(os.path.join(workdir, "eval"), result, f"python {' '.join(sys.argv)}")
   except ValueError as e:
     sys.exit(f"train.py: error: {e}")

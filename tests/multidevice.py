@@ -1,18 +1,24 @@
-"""Running test code on several (forced CPU) devices, in a child process: the pytest process
-has one CPU device, and the device count is fixed when JAX starts.
+"""Running test code on several (forced CPU) devices or processes, in child processes: the
+pytest process has one CPU device, and the device count is fixed when JAX starts.
 
   run_on_devices(8, script)              one child with 8 forced CPU devices
+  run_processes(2, script, 2)            2 children over loopback (a local jax.distributed
+                                         coordinator on a free port), 2 devices each
 
 The child runs `script` with `python -c` from the repository root (on PYTHONPATH) and prints
-its result as JSON on its LAST stdout line; the helper returns that line parsed and fails the
-test with the child's stderr tail otherwise.
+its result as JSON on its LAST stdout line; the helpers return that line parsed (one dict
+per process for `run_processes`) and fail the test with the child's stderr tail otherwise.
+In `run_processes`, the children find their place in $JAX_COORDINATOR_ADDRESS,
+$JAX_NUM_PROCESSES and $JAX_PROCESS_ID (`bes.parallel.distributed.initialize()` reads them).
 """
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -57,3 +63,49 @@ def run_on_devices(num_devices: int, script: str, timeout: float = 120) -> dict:
                 f"{(e.stderr or b'')[-3000:]!r}")
   return _parse(proc.stdout, proc.stderr, proc.returncode, f"child on {num_devices} devices")
 
+
+def free_port() -> int:
+  """A TCP port free on localhost now (the coordinator binds it moments later)."""
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def run_processes(num_processes: int, script: str, devices_per_process: int = 1,
+                  timeout: float = 120) -> list[dict]:
+  """Runs `script` as `num_processes` processes of one jax.distributed run over loopback
+  (coordinator 127.0.0.1:<free port>), each with `devices_per_process` forced CPU devices;
+  returns each process's last stdout line parsed as JSON, by process id. If one fails, the
+  others are killed and the test fails with its stderr tail."""
+  address = f"127.0.0.1:{free_port()}"
+  procs = []
+  for pid in range(num_processes):
+    env = child_env(devices_per_process, {"JAX_COORDINATOR_ADDRESS": address,
+                                          "JAX_NUM_PROCESSES": str(num_processes),
+                                          "JAX_PROCESS_ID": str(pid)})
+    procs.append(subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  deadline = time.monotonic() + timeout
+  results: list = [None] * num_processes
+  try:
+    pending = set(range(num_processes))
+    while pending:
+      for pid in sorted(pending):
+        proc = procs[pid]
+        if proc.poll() is None:
+          continue
+        out, err = proc.communicate()
+        pending.discard(pid)
+        if proc.returncode != 0:
+          pytest.fail(f"process {pid}/{num_processes} exited {proc.returncode}; stderr tail:\n"
+                      f"{err[-3000:]}")
+        results[pid] = _parse(out, err, proc.returncode, f"process {pid}/{num_processes}")
+      if pending and time.monotonic() > deadline:
+        pytest.fail(f"processes {sorted(pending)} of {num_processes} ran past {timeout} s")
+      time.sleep(0.1)
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+  return results

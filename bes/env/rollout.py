@@ -9,6 +9,7 @@ import numpy as np
 
 from bes import clock
 from bes.env.serving_env import EnvParams, ServingEnv
+from bes.parallel import mesh as mesh_lib
 
 
 def rollout(env: ServingEnv, params: EnvParams, policy, key: jax.Array, num_steps: int,
@@ -106,3 +107,45 @@ def run_episode(env: ServingEnv, params: EnvParams, policy, key: jax.Array,
     if progress is not None:
       progress(done, n)
   return outcomes_to_numpy(state.outcomes), np.concatenate(rewards)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 7))
+def _chunks(env, params, policies, obs, state, keys, num_live, mesh):
+  """`_chunk` for a stack of policies and their (obs, state), sharded over the mesh's 'data'
+  axis ('points'); every policy gets the same step keys."""
+  policies, obs, state = mesh_lib.constrainer(mesh)((policies, obs, state), "points")
+  return jax.vmap(lambda p, o, s: _chunk(env, params, p, o, s, keys, num_live))(policies, obs,
+                                                                                  state)
+
+
+def run_episodes(env: ServingEnv, params: EnvParams, policies, key: jax.Array,
+                 chunk: int | None = None, progress=None, mesh=None) -> list:
+  """`run_episode` for each of a stack of P policies (leading axis P, e.g. a learned router's
+  seeds) on the same requests, in one vmapped program whose policies are sharded over the
+  `mesh`'s 'data' axis (padded to a multiple of it); returns [(outcomes, step rewards)] per
+  policy, what `run_episode` returns for that policy alone (bitwise on CPU in the tests; a
+  batched matmul could round a near-tied Q-value differently on other backends)."""
+  if not env.record:
+    raise ValueError("run_episodes needs an environment built with record=True")
+  shards = 1 if mesh is None else mesh_lib.axis_size(mesh, "points")
+  policies, count = mesh_lib.pad_leading(policies, shards)
+  size = jax.tree_util.tree_leaves(policies)[0].shape[0]
+  n = env.episode_len
+  chunk = n if not chunk else int(chunk)
+  k_reset, k_run = jax.random.split(key)
+  obs, state = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (size,) + x.shape),
+                                      _jit_reset(env, params, k_reset))
+  num_chunks = -(-n // chunk)
+  keys = jax.random.split(k_run, num_chunks * chunk).reshape(num_chunks, chunk, -1)
+  rewards, done = [], 0
+  for c in range(num_chunks):
+    m = min(chunk, n - done)
+    (obs, state), reward = _chunks(env, params, policies, obs, state, keys[c], m,
+                                   mesh if shards > 1 else None)
+    rewards.append(np.asarray(reward)[:count, :m])
+    done += m
+    if progress is not None:
+      progress(done, n)
+  outcomes = outcomes_to_numpy(jax.tree_util.tree_map(lambda x: x[:count], state.outcomes))
+  rewards = np.concatenate(rewards, axis=1)
+  return [({k: v[i] for k, v in outcomes.items()}, rewards[i]) for i in range(count)]

@@ -156,7 +156,7 @@ class ServingEnv:
     state = EnvState(groups=groups, request=request, next_request=request, index=jnp.int32(0),
                      now=jnp.int32(0), until=jnp.int32(0), ready=jnp.bool_(True),
                      reward=jnp.float32(0), completed=jnp.int32(0), on_time=jnp.int32(0),
-                     ema_gap_s=NO_GAP_YET, workload=wstate, outcomes=outcomes)
+                     ema_gap_s=jnp.float32(NO_GAP_YET), workload=wstate, outcomes=outcomes)
     return self.observe(state, params), state
 
   def step(self, key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams):
@@ -335,7 +335,7 @@ class ServingEnv:
                     gap_us=jnp.zeros((n,), jnp.int32), task=jnp.zeros((n,), jnp.int32))
 
 
-NO_GAP_YET = jnp.float32(-1.0)
+NO_GAP_YET = -1.0   # a Python float: no JAX array at import (jax.distributed starts after)
 
 
 def _update_gap_ema(ema_s, gap_us, alpha):

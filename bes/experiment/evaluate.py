@@ -9,6 +9,11 @@ only by routing. Each run is one recorded episode summarised by `bes.metrics.sum
 (which also reports the peak: the task-mix-weighted best quality, the bound no router
 exceeds). The learned router's entry holds the mean over seeds, `<metric>_std` (population
 std over seeds) and `seeds` (the per-seed dicts). `bes.experiment.report` writes the result.
+
+Devices: with several devices in this process, the learned router's seeds run as one vmapped
+program sharded over them (`bes.env.rollout.run_episodes`; the same outcomes as one by one,
+up to the float rounding of a batched matmul); on one device, one by one as before. Each
+process of a multi-process run evaluates on its own devices (the primary writes the report).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import numpy as np
 from bes import metrics, policies
 from bes.env import rollout as rollout_lib
 from bes.experiment.setup import Setup
+from bes.parallel import mesh as mesh_lib
 from bes.profile import Profile
 
 BASELINES = ("static", "round_robin", "random")
@@ -112,6 +118,23 @@ def run_policy(setup: Setup, policy, num_requests: int, key: jax.Array,
   return metrics.summarize(outcomes, profile, window_s=setup.simulate.window_s), outcomes
 
 
+def run_seeds(setup: Setup, seeds: Sequence[object], num_requests: int, key: jax.Array,
+              mesh, log: Callable[[str], None] | None = None) -> list[tuple[dict, dict]]:
+  """`run_policy` for policies of one structure (a learned router's seeds) at once: one
+  vmapped recorded episode sharded over `mesh`'s 'data' axis; [(summary, outcomes)]."""
+  env, params = setup.env(episode_len=num_requests, record=True)
+  start = time.time()
+
+  def progress(done, total):
+    if log is not None and total > setup.simulate.chunk:
+      log(f"  learned seeds: {done}/{total} requests ({time.time() - start:.1f} s)")
+
+  runs = rollout_lib.run_episodes(env, params, policies.stack(list(seeds)), key,
+                                  chunk=setup.simulate.chunk, progress=progress, mesh=mesh)
+  return [(metrics.summarize(outcomes, setup.profile, window_s=setup.simulate.window_s), outcomes)
+          for outcomes, _ in runs]
+
+
 def evaluate(setup: Setup, num_requests: int, key: jax.Array,
              named_policies: Mapping[str, object], learned_seeds: Sequence[object] = (),
              deployments: Sequence[tuple[str, int]] = (), log: Callable[[str], None] = print,
@@ -135,7 +158,16 @@ def evaluate(setup: Setup, num_requests: int, key: jax.Array,
     return summary
 
   results = {}
-  if learned_seeds:
+  mesh = mesh_lib.local_mesh()
+  if learned_seeds and len(learned_seeds) > 1 and mesh.size > 1:
+    per_seed = run_seeds(setup, learned_seeds, num_requests, key, mesh, log)
+    for s, (summary, outcomes) in enumerate(per_seed):
+      if keep_outcomes:
+        kept[f"learned seed {s}"] = outcomes
+      log(f"  learned seed {s}: utility {summary['mean_utility']:.4f} "
+          f"availability {summary['availability']:.4f}")
+    results["learned"] = mean_over_seeds([summary for summary, _ in per_seed])
+  elif learned_seeds:
     results["learned"] = mean_over_seeds([run(f"learned seed {s}", policy)
                                           for s, policy in enumerate(learned_seeds)])
   for name, policy in named_policies.items():

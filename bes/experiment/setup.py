@@ -4,6 +4,7 @@
   env, params = setup.env()               # training episodes (config.env.episode_len)
   env, params = setup.env(episode_len=n, record=True)   # one recorded evaluation run
   envs = setup.train_envs()               # the learner's environments (rate multipliers)
+  mesh = setup.mesh()                     # the device mesh of config.mesh (built when asked)
 
 The ConfigDict itself is kept only to be saved (config.json, checkpoints) and compared when
 a run resumes; everything else reads the typed fields.
@@ -20,6 +21,7 @@ import ml_collections
 from bes import policies
 from bes.env.serving_env import EnvParams, ServingEnv, make_env
 from bes.experiment import config as config_lib
+from bes.parallel import mesh as mesh_lib
 from bes.profile import Profile
 from bes.router.config import DQNConfig, TrainConfig
 from bes.serving_config import ServingConfig
@@ -48,6 +50,8 @@ class Setup:
       the observed arrival rate.
     dqn, train, simulate: the typed sections (`bes.experiment.config`).
     seed: the base seed; num_seeds: seeds trained together.
+    mesh_config: the device mesh's axis sizes (`config.mesh`); the mesh itself is built by
+      `mesh()` when the devices are known (after `jax.distributed` starts).
   """
   config: ml_collections.ConfigDict
   profile: Profile
@@ -60,6 +64,7 @@ class Setup:
   simulate: config_lib.SimulateConfig
   seed: int
   num_seeds: int
+  mesh_config: mesh_lib.MeshConfig = mesh_lib.MeshConfig()
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict,
@@ -74,7 +79,8 @@ class Setup:
                episode_len=int(config.env.episode_len),
                rate_ema_alpha=float(config.env.rate_ema_alpha), dqn=dqn,
                train=config_lib.train_config(config, dqn),
-               simulate=config_lib.simulate_config(config), seed=seed, num_seeds=num_seeds)
+               simulate=config_lib.simulate_config(config), seed=seed, num_seeds=num_seeds,
+               mesh_config=config_lib.mesh_config(config))
 
   @property
   def is_trace(self) -> bool:
@@ -111,6 +117,14 @@ class Setup:
         lambda x: jnp.broadcast_to(x, (len(workloads),) + jnp.shape(x)),
         params.replace(workload=None))
     return TrainEnvs(env, params.replace(workload=stacked), True, eval_env, eval_params)
+
+  def mesh(self, devices=None) -> jax.sharding.Mesh:
+    """The ('seed', 'data', 'model') mesh of `config.mesh` over `devices` (default: every
+    device of every process), refusing seeds or environments its axes do not divide."""
+    mesh = mesh_lib.make_mesh(self.mesh_config, devices)
+    mesh_lib.check_divides(mesh, "seeds", self.num_seeds, "config.num_seeds")
+    mesh_lib.check_divides(mesh, "envs", self.dqn.num_envs, "config.dqn.num_envs")
+    return mesh
 
   def seed_keys(self) -> jax.Array:
     """One key per trained seed: split from PRNGKey(seed), [num_seeds, 2]."""

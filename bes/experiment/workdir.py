@@ -16,6 +16,8 @@ import ml_collections
 from bes import config_cli, heuristics, io_util
 from bes.experiment import evaluate as evaluate_lib
 from bes.experiment.setup import Setup
+from bes.parallel import distributed
+from bes.parallel import mesh as mesh_lib
 from bes.router import checkpoint
 from bes.router import features as features_lib
 from bes.router.policy import LearnedPolicy
@@ -26,16 +28,21 @@ HEURISTICS_FILE = "heuristics.json"
 
 def tune_heuristics(setup: Setup, workdir: str, log: Callable[[str], None] = print) -> dict:
   """Tunes every heuristic of `bes.heuristics` on the training workload (at its base rate,
-  training episodes) and saves the knobs to `workdir/heuristics.json`; returns them."""
+  training episodes) and saves the knobs to `workdir/heuristics.json`; returns them. The
+  candidates are scored in parallel over this process's devices (every process of a
+  multi-process run tunes the same knobs; the primary writes them)."""
   env, params = setup.env()
   key = jax.random.PRNGKey(setup.seed + 2)
+  mesh = mesh_lib.local_mesh()
   tuned = {}
   for name in heuristics.HEURISTICS:
     log(f"tuning {name} on the training workload (grid search of its knobs; compiles first)")
-    policy, _ = heuristics.tune(name, env, params, key)
+    policy, _ = heuristics.tune(name, env, params, key, mesh=mesh)
     tuned[name] = heuristics.to_dict(policy)
     log(f"tuned {name}: {heuristics.format_knobs(tuned[name])}")
-  io_util.atomic_write_text(os.path.join(workdir, HEURISTICS_FILE), json.dumps(tuned, indent=2))
+  if jax.process_index() == 0:     # every process tunes (the same knobs); one writes
+    io_util.atomic_write_text(os.path.join(workdir, HEURISTICS_FILE),
+                              json.dumps(tuned, indent=2))
   return tuned
 
 
@@ -80,7 +87,10 @@ def load_policies(workdir: str) -> list[LearnedPolicy]:
   obs = jnp.zeros((1, layout.size), jnp.float32)
   keys = jax.random.split(jax.random.PRNGKey(0), setup.num_seeds)
   like = jax.eval_shape(jax.vmap(lambda k: network.init(k, obs)), keys)
-  params = checkpoint.restore_params(workdir, step, like)
+  # Host copies: in a multi-process run the restored arrays span every process's devices,
+  # while evaluation runs on each process's own devices.
+  params = jax.tree_util.tree_map(jnp.asarray, distributed.fetch(
+      checkpoint.restore_params(workdir, step, like)))
   return [LearnedPolicy(params=jax.tree_util.tree_map(lambda x, s=s: x[s], params),
                         network=network)
           for s in range(setup.num_seeds)]

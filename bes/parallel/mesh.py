@@ -159,3 +159,41 @@ def describe(mesh: Mesh) -> str:
   processes = sorted({d.process_index for d in devices})
   return (f"mesh {dict(mesh.shape)} over {len(devices)} {devices[0].platform} device(s) in "
           f"{len(processes)} process(es)")
+
+
+def constrainer(mesh: Mesh | None):
+  """`constrain(tree, logical)`: every array of `tree` with its leading axis constrained
+  (`jax.lax.with_sharding_constraint`, inside jit) to the mesh axis of logical axis `logical`
+  ('batch', 'envs', 'points', ...), the other axes replicated. Arrays whose leading axis the
+  mesh axis does not divide are left to the compiler, and with no mesh (or a 1-device axis)
+  it changes nothing. Under `vmap(..., spmd_axis_name='seed')` the vmapped axis is sharded
+  over 'seed' as well."""
+  def constrain(tree, logical: str):
+    shards = 1 if mesh is None else axis_size(mesh, logical)
+    if shards == 1:
+      return tree
+    sharding = logical_sharding(mesh, (logical,))
+
+    def one(x):
+      if getattr(x, "ndim", 0) < 1 or x.shape[0] % shards:
+        return x
+      return jax.lax.with_sharding_constraint(x, sharding)
+    return jax.tree_util.tree_map(one, tree)
+  return constrain
+
+
+def pad_leading(tree, multiple: int):
+  """`tree` with the leading axis of every array padded to a multiple of `multiple` with
+  copies of its last entry (so that a mesh axis divides it), and the original length."""
+  count = jax.tree_util.tree_leaves(tree)[0].shape[0]
+  pad = -count % max(1, multiple)
+  if pad:
+    tree = jax.tree_util.tree_map(
+        lambda x: jax.numpy.concatenate([x, jax.numpy.repeat(x[-1:], pad, axis=0)]), tree)
+  return tree, count
+
+
+def local_mesh() -> Mesh:
+  """Every device of this process on the 'data' axis: for work each process repeats on its
+  own (evaluations and tuning in a multi-process run, where inputs are host values)."""
+  return make_mesh(MeshConfig(seed=1, data=-1, model=1), jax.local_devices())

@@ -29,6 +29,7 @@ from typing import Callable, TypeVar
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 
 T = TypeVar("T")
@@ -131,12 +132,15 @@ def newest_intact(mngr: ocp.CheckpointManager, restore_step: Callable[[int], T],
     except CorruptCheckpointError as e:
       damaged.append((step, e))
       continue
+    primary = jax.process_index() == 0    # one process renames (shared directory)
     for bad, error in damaged:
       moved = ""
-      if move_aside:
+      if move_aside and primary:
         moved = f"; moved it to {_move_aside(step_dir(mngr, bad))}"
       warn(f"{error}{moved}; using the newest intact checkpoint, step {step}")
     if damaged and move_aside:
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("bes.checkpoint.move_aside")
       mngr.reload()
     return step, got
   if damaged:

@@ -110,13 +110,19 @@ def learning_rate_schedule(d: DQNConfig):
 
 def make_train(d: DQNConfig, train: TrainConfig, env: ServingEnv, env_params: EnvParams,
                eval_env: ServingEnv, eval_params: EnvParams,
-               params_batched: bool = False) -> Trainer:
+               params_batched: bool = False,
+               constrain: Callable | None = None) -> Trainer:
   """The training functions for a validated `DQNConfig` / `TrainConfig` (module docstring;
   `bes.experiment.config` builds both from a config).
 
   `env_params` is one EnvParams shared by the E training environments, or (with
   `params_batched`) a stack of E of them (e.g. one arrival rate each). `eval_env` must have
   `record=False`; its episodes are evaluated whole (`eval_env.episode_len` decisions).
+  `constrain(tree, logical)` (`bes.parallel.mesh.constrainer`), when given, shards the
+  leading axis of every sampled replay batch ('batch') and of the evaluation episodes' keys
+  ('batch'): `bes.experiment.train` maps both onto the mesh's 'data' axis, so that the
+  forward / backward pass is data-parallel (XLA all-reduces the gradients over 'data') and
+  the evaluation episodes run in parallel. Sampling is unchanged (same transitions, same key).
   """
   num_envs, num_actions = d.num_envs, env.num_models
   n_step, gamma, batch_size = d.n_step, d.gamma, d.batch_size
@@ -171,6 +177,8 @@ def make_train(d: DQNConfig, train: TrainConfig, env: ServingEnv, env_params: En
   def gradient_step(replay, reward_mean, carry, key):
     params, target_params, opt_state, updates = carry
     batch = replay_lib.sample(replay, key, batch_size, n_step, gamma)
+    if constrain is not None:
+      batch = constrain(batch, "batch")
     (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, target_params, batch,
                                                                       reward_mean)
     step, opt_state = optimiser.update(grads, opt_state, params)
@@ -257,8 +265,10 @@ def make_train(d: DQNConfig, train: TrainConfig, env: ServingEnv, env_params: En
                num_episodes: int = train.eval_episodes) -> EvalStats:
     """Greedy routing over `num_episodes` whole evaluation episodes (one decision per step)."""
     policy = LearnedPolicy(params=ls.params, network=network)
+    keys = jax.random.split(key, num_episodes)
     traj = rollout_lib.rollouts(eval_env, eval_params, policy,
-                                jax.random.split(key, num_episodes), eval_env.episode_len)
+                                keys if constrain is None else constrain(keys, "batch"),
+                                eval_env.episode_len)
     n = num_episodes * eval_env.episode_len
     return EvalStats(mean_utility=traj["reward"].sum() / n, availability=traj["on_time"].sum() / n,
                      rejected_frac=traj["rejected"].sum() / n)
