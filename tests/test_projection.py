@@ -54,3 +54,14 @@ ENTRY %main (a: f32[4]) -> f32[4] {
 }
 """
   assert proj.count_kernels(text) == 2
+
+
+def test_collectives_census_by_hand():
+  text = """
+  %ag = s32[1,256]{0,1} all-gather(%x), replica_groups={{0,1}}, dimensions={1}
+  %ar = (f32[1,64]{1,0}, pred[1,3]{1,0}) all-reduce(%a, %b), to_apply=%add
+  %ars = f32[8]{0} all-reduce-start(%c), to_apply=%add
+  %n = f32[8]{0} add(%c, %c)
+"""
+  assert proj.collectives(text) == {"all-gather": {"count": 1, "bytes": 1024},
+                                    "all-reduce": {"count": 2, "bytes": 256 + 3 + 32}}

@@ -15,7 +15,7 @@ import numpy as np
 from bes import config_cli, policies
 from bes.env import rollout as rollout_lib
 from bes.parallel import distributed
-from bes.parallel import mesh as mesh_lib
+from bes.parallel import mesh as mesh_lib, projection
 from bes.experiment import train as train_lib
 from bes.experiment.setup import Setup
 
@@ -40,6 +40,7 @@ def training_throughput(config, num_envs: int, num_seeds: int, chunk_iterations:
   start = time.perf_counter()
   chunk = prog.chunk.lower(ls).compile()
   compile_s = time.perf_counter() - start
+  census = projection.collectives(chunk.as_text())   # per iteration (a loop body counts once)
   warmup = max(1, math.ceil(setup.dqn.learning_starts / chunk_iterations))
   for _ in range(warmup):                        # past learning_starts: every iteration learns
     ls, _ = jax.block_until_ready(chunk(ls))
@@ -58,7 +59,8 @@ def training_throughput(config, num_envs: int, num_seeds: int, chunk_iterations:
               median_chunk_s=float(np.median(seconds)), env_calls_per_chunk=calls,
               decisions_per_chunk=decisions, updates_per_chunk=updates,
               env_calls_per_s=rate([calls] * repeats), decisions_per_s=rate(decisions),
-              updates_per_s=rate(updates), mesh=dict(prog.mesh.shape), load_avg=load_avg())
+              updates_per_s=rate(updates), mesh=dict(prog.mesh.shape), collectives=census,
+              load_avg=load_avg())
 
 
 def env_throughput(setup: Setup, num_envs: int, steps: int, repeats: int,
@@ -110,12 +112,21 @@ def physical_cores() -> int | None:
   return len(cores) or None
 
 
+def _census(census) -> str:
+  if census is None:
+    return "-"
+  if not census:
+    return "none"
+  return ", ".join(f"{v['count']} {k} ({v['bytes'] / 1024:.1f})" for k, v in sorted(census.items()))
+
+
 def scaling_table(rows: list[dict]) -> str:
   """The markdown table of launch/benchmark_scaling.py: per device count the env and training
   rates and their speedups over the first row."""
   base = rows[0]
   lines = ["| devices | mesh | env request-steps/s | speedup | train decisions/s | "
-           "train updates/s | speedup |", "|---:|---|---:|---:|---:|---:|---:|"]
+           "train updates/s | speedup | collectives per iteration (KiB) |",
+           "|---:|---|---:|---:|---:|---:|---:|---|"]
   for r in rows:
     env = r["env"]["request_steps_per_s"]
     line = (f"| {r['devices']} | {r['env']['mesh']} | {env:,.0f} | "
@@ -123,8 +134,9 @@ def scaling_table(rows: list[dict]) -> str:
     if "train" in r:
       t = r["train"]
       line += (f" {t['decisions_per_s']:,.0f} | {t['updates_per_s']:,.0f} | "
-               f"{t['updates_per_s'] / max(base['train']['updates_per_s'], 1e-9):.2f}x |")
+               f"{t['updates_per_s'] / max(base['train']['updates_per_s'], 1e-9):.2f}x | "
+               f"{_census(t.get('collectives'))} |")
     else:
-      line += " - | - | - |"
+      line += " - | - | - | - |"
     lines.append(line)
   return "\n".join(lines)

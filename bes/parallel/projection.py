@@ -143,3 +143,32 @@ def measure_bandwidth(mib: int = 1024, repeats: int = 5) -> float:
     total(x).block_until_ready()
     best = min(best, time.perf_counter() - start)
   return x.nbytes / best
+
+
+_COLLECTIVE = re.compile(r"= (.*?) (all-reduce|all-gather|collective-permute|all-to-all|"
+                         r"reduce-scatter)(?:-start)?\(")
+_ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16)\[([\d,]*)\]")
+_DTYPE_BYTES = {"pred": 1, "bf16": 2}
+
+
+def _shape_bytes(shape_text: str) -> int:
+  total = 0
+  for dtype, dims in _ARRAY.findall(shape_text):
+    size = _DTYPE_BYTES.get(dtype) or int(dtype[1:]) // 8
+    for d in filter(None, dims.split(",")):
+      size *= int(d)
+    total += size
+  return total
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+  """The cross-device collectives of an optimized HLO module's text: per kind, how many
+  instructions and the bytes of their results (per device, one execution of each)."""
+  out: dict[str, dict[str, int]] = {}
+  for line in hlo_text.splitlines():
+    match = _COLLECTIVE.search(line)
+    if match:
+      entry = out.setdefault(match.group(2), {"count": 0, "bytes": 0})
+      entry["count"] += 1
+      entry["bytes"] += _shape_bytes(match.group(1))
+  return out
