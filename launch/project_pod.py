@@ -127,7 +127,7 @@ def main(argv):
   if len(accels) != len(_ACCELERATORS.value):
     raise ValueError(f"--accelerators: expected names of {sorted(proj.ACCELERATORS)}, got "
                      f"{_ACCELERATORS.value}")
-  sweeps = sorted(glob.glob(_SWEEPS.value))
+  sweeps = sorted(p for p in glob.glob(_SWEEPS.value) if not p.endswith("__init__.py"))
   if not sweeps:
     raise ValueError(f"--sweeps: no sweep file matches {_SWEEPS.value!r}")
   bandwidth = proj.measure_bandwidth()
