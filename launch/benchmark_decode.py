@@ -36,6 +36,7 @@ import numpy as np
 from bes.models import opt
 from bes.models import sampling
 from bes.models.opt_config import opt_config
+from bes.parallel import projection
 
 _MODELS = flags.DEFINE_list("models", ["opt-125m", "opt-350m"], "Named OPT shapes.")
 _BATCHES = flags.DEFINE_list("batches", ["1", "4", "16", "32"], "Batch sizes.")
@@ -58,19 +59,6 @@ def _median_time(fn, repeats: int, warmup: bool = True) -> float:
     fn()
     times.append(time.perf_counter() - start)
   return float(np.median(times))
-
-
-def measure_bandwidth(mib: int, repeats: int = 5) -> float:
-  """Read bandwidth in bytes/s: best of `repeats` jitted float32 sums over `mib` MiB."""
-  x = jnp.ones((mib * 2**20 // 4,), jnp.float32)
-  total = jax.jit(jnp.sum)
-  total(x).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    total(x).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return x.nbytes / best
 
 
 def roofline_bytes(config, batch: int, context: float) -> float:
@@ -162,7 +150,7 @@ def main(argv):
   if not _SKIP_TORCH.value:
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(_THREADS.value)
-  bandwidth = measure_bandwidth(_BANDWIDTH_MIB.value)
+  bandwidth = projection.measure_bandwidth(_BANDWIDTH_MIB.value)
   rows = []
   for name in _MODELS.value:
     config = dataclasses.replace(opt_config(name), eos_token_id=-1)  # never stop early
