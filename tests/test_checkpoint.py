@@ -140,3 +140,13 @@ def test_bin_without_torch_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_load_tokenizer_none_without_tokenizer_files(reference):
   assert checkpoint.load_tokenizer(reference[0]) is None
+
+
+def test_on_host_loads_numpy_that_no_device_holds(reference):
+  directory, _, _, params = reference
+  _, host = checkpoint.load_checkpoint(directory, on_host=True)
+  assert all(type(x) is np.ndarray for x in jax.tree.leaves(host))
+  _assert_same_params(host, params)
+  _, host16 = checkpoint.load_checkpoint(directory, dtype=jnp.bfloat16, on_host=True)
+  assert all(type(x) is np.ndarray and x.dtype == jnp.bfloat16 for x in jax.tree.leaves(host16))
+  _assert_same_params(host16, jax.tree.map(lambda x: x.astype(jnp.bfloat16), params))

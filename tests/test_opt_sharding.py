@@ -230,3 +230,34 @@ def test_decode_loop_copies_no_weights():
     cache_copies += bool(m) and m.group(1) == cache
   assert not bad, bad
   assert cache_copies <= 2                    # k and v, once per call
+
+
+_HOST_CHECKPOINT = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from bes.models import checkpoint, opt, opt_sharding
+    from bes.parallel import mesh as mesh_lib
+    cfg, host = checkpoint.load_checkpoint(sys.argv[1], on_host=True)
+    _, ref = checkpoint.load_checkpoint(sys.argv[1])
+    mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(1, 1, 4))
+    sharded = opt_sharding.shard_params(host, cfg, mesh)
+    tokens = jax.random.randint(jax.random.key(1), (2, 10), 0, cfg.vocab_size)
+    mask = jnp.ones((2, 10), bool)
+    want = np.asarray(jax.jit(lambda p: opt.forward_full(p, cfg, tokens, mask))(ref))
+    got = np.asarray(jax.jit(lambda p: opt.forward_full(p, cfg, tokens, mask, mesh=mesh))(sharded))
+    fc1 = sharded["layers"][0]["fc1"]["kernel"]
+    print(json.dumps(dict(diff=float(np.abs(got - want).max()), full=list(fc1.shape),
+                          shard=list(fc1.addressable_shards[0].data.shape),
+                          devices=len(fc1.sharding.device_set))))
+""")
+
+
+@pytest.mark.slow
+def test_checkpoint_loaded_on_host_is_sharded_as_loaded(tmp_path):
+  """A real (tiny HF) checkpoint read into host memory, placed shard by shard on 4 devices:
+  the same logits as the checkpoint loaded whole on one device."""
+  from tests import opt_testing   # pylint: disable=import-outside-toplevel
+  directory, _ = opt_testing.make_hf_checkpoint(tmp_path, variant="pre")
+  out = run_on_devices(4, _HOST_CHECKPOINT.replace("sys.argv[1]", repr(str(directory))))
+  assert out["diff"] < 1e-5
+  assert out["devices"] == 4 and out["full"] == [32, 64] and out["shard"] == [32, 16]

@@ -141,8 +141,9 @@ def _strip_prefix(name: str) -> str | None:
 
 
 def convert_tensors(tensors: dict[str, np.ndarray], config: OPTConfig, dtype=jnp.float32,
-                    source: str = "checkpoint") -> opt.Params:
-  """Maps HF OPT tensors (by HF name) onto the `opt.init_params` layout.
+                    source: str = "checkpoint", on_host: bool = False) -> opt.Params:
+  """Maps HF OPT tensors (by HF name) onto the `opt.init_params` layout: jax arrays on the
+  default device, or (`on_host`) numpy arrays in `dtype` that no device holds yet.
 
   Raises:
     ValueError naming the tensor, the expected and the found shape on a mismatch; listing the
@@ -197,7 +198,10 @@ def convert_tensors(tensors: dict[str, np.ndarray], config: OPTConfig, dtype=jnp
   if config.do_layer_norm_before:
     params["final_ln"] = {"scale": found["final_layer_norm.weight"],
                           "bias": found["final_layer_norm.bias"]}
-  params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+  if on_host:
+    params = jax.tree.map(lambda x: np.asarray(x, dtype=jnp.dtype(dtype)), params)
+  else:
+    params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
   want = opt.param_shapes(config)
   got = jax.tree.map(lambda x: tuple(x.shape), params)
   want["layers"] = list(want["layers"])
@@ -205,10 +209,14 @@ def convert_tensors(tensors: dict[str, np.ndarray], config: OPTConfig, dtype=jnp
   return params
 
 
-def load_checkpoint(directory: str, dtype=jnp.float32) -> tuple[OPTConfig, opt.Params]:
-  """(config, params) of the HF-format OPT checkpoint in local `directory`, params in dtype."""
+def load_checkpoint(directory: str, dtype=jnp.float32,
+                    on_host: bool = False) -> tuple[OPTConfig, opt.Params]:
+  """(config, params) of the HF-format OPT checkpoint in local `directory`, params in dtype.
+  `on_host`: numpy arrays in host memory, for `opt_sharding.shard_params` to place shard by
+  shard (a model larger than one device's memory never lands whole on one device)."""
   config = load_config(directory)
-  params = convert_tensors(read_tensors(directory), config, dtype, source=directory)
+  params = convert_tensors(read_tensors(directory), config, dtype, source=directory,
+                           on_host=on_host)
   return config, params
 
 

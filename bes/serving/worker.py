@@ -168,7 +168,8 @@ def build_loop(spec: WorkerSpec):
   dtype = jnp.dtype(spec.dtype)
   mesh = engine_mesh(spec)
   if spec.checkpoint is not None:
-    config, params = checkpoint.load_checkpoint(spec.checkpoint, dtype)
+    # a sharded engine: host arrays, placed shard by shard (never the whole model on one device)
+    config, params = checkpoint.load_checkpoint(spec.checkpoint, dtype, on_host=mesh is not None)
     if config != spec.config:
       raise ValueError(f"WorkerSpec.config: differs from {spec.checkpoint}/config.json")
   elif mesh is not None:
