@@ -17,9 +17,9 @@ kv_bytes_per_token / GPUs (the engine's cache is dense: every slot holds max_len
   OPT-66B on 8 GPUs: 15.3 GiB weights + 36.0 GiB KV = 51.3 GiB: a whole 8-GPU host, e.g.
     models 'opt-66b=opt-66b' with placement 'gpu:0-7' and a profile of that one model
     (launch/build_profile.py --models=opt-66b:1 --gpus_per_instance=8).
-Random weights unless checkpoints are given (`NAME=SHAPE@DIR`; a checkpoint is loaded on one
-device before it is sharded, so it must fit there: OPT-13B in bf16 does on an 80 GB GPU,
-OPT-30B and larger do not yet). Until profiled, the profile is the shipped A100 roofline of
+Random weights unless checkpoints are given (`NAME=SHAPE@DIR`; a sharded worker reads a
+checkpoint into host memory and places it shard by shard, so no GPU holds the whole model,
+but the host needs its size in RAM: 60 GB for OPT-30B in bf16). Until profiled, the profile is the shipped A100 roofline of
 these two instances (bes/data/profiles/opt_a100_tp_roofline.json, tensor parallelism modelled
 as ideal).
 """
