@@ -182,6 +182,16 @@ def build_loop(spec: WorkerSpec):
   return engine_loop.EngineLoop(eng, spec.instance, spec.queue_capacity)
 
 
+def _exit_code(proc, timeout_s: float = 5.0) -> int | None:
+  """`proc`'s exit code once it has exited. `shutdown` may be reaping it in another thread at
+  the same moment: that thread's waitpid wins, ours sees ECHILD and multiprocessing answers
+  None until the winner records the code, so wait (briefly) for it."""
+  deadline = time.monotonic() + timeout_s
+  while proc.exitcode is None and time.monotonic() < deadline:
+    time.sleep(0.01)
+  return proc.exitcode
+
+
 def _one_line(e: BaseException) -> str:
   return f"{type(e).__name__}: {e}".replace("\n", " ")[:500]
 
@@ -363,10 +373,10 @@ class WorkerHandle:
           proc.kill()
           proc.join(5.0)
         reason = (f"fatal: {self._fatal}" if self._fatal is not None
-                  else f"exited (code {proc.exitcode})")
+                  else f"exited (code {_exit_code(proc)})")
         break
       if not proc.is_alive():  # exited with the pipe still open (cannot happen, but cheap)
-        reason = f"exited (code {proc.exitcode})"
+        reason = f"exited (code {_exit_code(proc)})"
       elif (self._ready and self._outstanding
             and time.monotonic() - self._last > self.hang_timeout_s):
         proc.kill()
