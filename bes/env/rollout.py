@@ -92,21 +92,33 @@ def run_episode(env: ServingEnv, params: EnvParams, policy, key: jax.Array,
   """
   if not env.record:
     raise ValueError("run_episode needs an environment built with record=True")
+  state, rewards = _run_chunks(
+      env, params, key, chunk, progress, lambda start: start,
+      lambda obs, state, keys, m: _chunk(env, params, policy, obs, state, keys, m))
+  return outcomes_to_numpy(state.outcomes), rewards
+
+
+def _run_chunks(env, params, key, chunk, progress, initial, step):
+  """The chunk loop of `run_episode(s)`: reset from the first half of `key` (`initial` maps
+  the reset (obs, state), e.g. to a stack), then `step(obs, state, keys [chunk, 2], num_live)`
+  -> ((obs, state), rewards [..., chunk]) over the episode's step keys (the second half), with
+  `progress` after each chunk; returns the final state and the live steps' rewards
+  [..., episode_len]."""
   n = env.episode_len
   chunk = n if not chunk else int(chunk)
   k_reset, k_run = jax.random.split(key)
-  obs, state = _jit_reset(env, params, k_reset)
+  obs, state = initial(_jit_reset(env, params, k_reset))
   num_chunks = -(-n // chunk)
   keys = jax.random.split(k_run, num_chunks * chunk).reshape(num_chunks, chunk, -1)
   rewards, done = [], 0
   for c in range(num_chunks):
     m = min(chunk, n - done)
-    (obs, state), reward = _chunk(env, params, policy, obs, state, keys[c], m)
-    rewards.append(np.asarray(reward)[:m])
+    (obs, state), reward = step(obs, state, keys[c], m)
+    rewards.append(np.asarray(reward)[..., :m])
     done += m
     if progress is not None:
       progress(done, n)
-  return outcomes_to_numpy(state.outcomes), np.concatenate(rewards)
+  return state, np.concatenate(rewards, axis=-1)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 7))
@@ -130,22 +142,12 @@ def run_episodes(env: ServingEnv, params: EnvParams, policies, key: jax.Array,
   shards = 1 if mesh is None else mesh_lib.axis_size(mesh, "points")
   policies, count = mesh_lib.pad_leading(policies, shards)
   size = jax.tree_util.tree_leaves(policies)[0].shape[0]
-  n = env.episode_len
-  chunk = n if not chunk else int(chunk)
-  k_reset, k_run = jax.random.split(key)
-  obs, state = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (size,) + x.shape),
-                                      _jit_reset(env, params, k_reset))
-  num_chunks = -(-n // chunk)
-  keys = jax.random.split(k_run, num_chunks * chunk).reshape(num_chunks, chunk, -1)
-  rewards, done = [], 0
-  for c in range(num_chunks):
-    m = min(chunk, n - done)
-    (obs, state), reward = _chunks(env, params, policies, obs, state, keys[c], m,
-                                   mesh if shards > 1 else None)
-    rewards.append(np.asarray(reward)[:count, :m])
-    done += m
-    if progress is not None:
-      progress(done, n)
+  state, rewards = _run_chunks(
+      env, params, key, chunk, progress,
+      lambda start: jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (size,) + x.shape),
+                                           start),
+      lambda obs, state, keys, m: _chunks(env, params, policies, obs, state, keys, m,
+                                          mesh if shards > 1 else None))
   outcomes = outcomes_to_numpy(jax.tree_util.tree_map(lambda x: x[:count], state.outcomes))
-  rewards = np.concatenate(rewards, axis=1)
+  rewards = rewards[:count]
   return [({k: v[i] for k, v in outcomes.items()}, rewards[i]) for i in range(count)]

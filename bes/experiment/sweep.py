@@ -40,11 +40,12 @@ def describe(plans, point_done_fn, step_done_fn, owners=None, index: int = 0) ->
   """The dry-run plan: each point's commands and whether they would run (`owners`: shared
   step argv -> the process that runs it, when not this one, `index`)."""
   lines, seen = [], set()
+  owner = RunContext(owners=owners or {}, index=index).owner
   for plan in plans:
     done = point_done_fn(plan)
     lines.append(f"{plan.name}{'  (done, skipped)' if done else ''}")
     for s in plan.steps:
-      who = (owners or {}).get(tuple(s.argv), index) if s.shared else index
+      who = owner(s)
       state = ("done" if done or step_done_fn(s) else
                f"waits for process {who}" if who != index else
                "shared, already planned" if tuple(s.argv) in seen else "run")

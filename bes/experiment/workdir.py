@@ -40,7 +40,7 @@ def tune_heuristics(setup: Setup, workdir: str, log: Callable[[str], None] = pri
     policy, _ = heuristics.tune(name, env, params, key, mesh=mesh)
     tuned[name] = heuristics.to_dict(policy)
     log(f"tuned {name}: {heuristics.format_knobs(tuned[name])}")
-  if jax.process_index() == 0:     # every process tunes (the same knobs); one writes
+  if distributed.is_primary():     # every process tunes (the same knobs); one writes
     io_util.atomic_write_text(os.path.join(workdir, HEURISTICS_FILE),
                               json.dumps(tuned, indent=2))
   return tuned
