@@ -19,6 +19,7 @@ setuptools.setup(
         "optax>=0.2.4,<0.3",
         "chex>=0.1.89,<0.2",
         "numpy>=1.26,<3",
+        "scipy>=1.11",           # bes.metrics.mean_ci (t intervals); jax needs it too
         "absl-py>=2.1,<3",
         "ml_collections>=1.0,<2",
         "orbax-checkpoint>=0.11,<0.13",

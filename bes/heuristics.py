@@ -92,35 +92,47 @@ class DeadlineGreedy:
   turnover: jnp.ndarray
   dump: jnp.ndarray
 
-  def predict_us(self, state) -> jnp.ndarray:
+  def predict_us(self, state, output_len=None, prompt_len=None) -> jnp.ndarray:
     """Predicted latency of the current request on each model, float32 [M] (us), from the
-    serving view (`bes.env.observation`) of `state` (an `EnvState` or a `ServingView`)."""
+    serving view (`bes.env.observation`) of `state` (an `EnvState` or a `ServingView`).
+    `output_len` / `prompt_len` (tokens) replace the means for this request's own prefill
+    and decode (a clairvoyant's true lengths, `bes.clairvoyant`); the requests ahead of it
+    keep the means."""
     view = observation.as_view(state)
     n = self.mean_output_len
+    own_n = n if output_len is None else jnp.asarray(output_len, jnp.float32)
+    own_p = self.mean_prompt_len if prompt_len is None else jnp.asarray(prompt_len, jnp.float32)
     rejected = view.rejects()
     preds = []
     for m, big_b in enumerate(view.max_batch):
       load = view.running[m] + view.waiting[m]              # of the instance it would join
       prefill = self.prefill_fixed_us[m] + self.prefill_per_token_us[m] * self.mean_prompt_len
+      own_prefill = self.prefill_fixed_us[m] + self.prefill_per_token_us[m] * own_p
       tau_eff = lambda b, m=m, prefill=prefill: (
           self.decode_us[m, b] + self.turnover * b.astype(jnp.float32) / n * prefill)
       queue = jnp.maximum(load + 1 - big_b, 0).astype(jnp.float32)
       batch = jnp.minimum(load + 1, big_b)
       latency = (view.remaining_us[m] + queue / big_b * n * tau_eff(jnp.int32(big_b))
-                 + prefill + n * tau_eff(batch))
+                 + own_prefill + own_n * tau_eff(batch))
       preds.append(jnp.where(rejected[m], _NEVER, latency))
     return jnp.stack(preds)
 
-  def __call__(self, key, obs, state) -> jnp.ndarray:
-    del key, obs
+  def choose(self, state, output_len=None, prompt_len=None) -> jnp.ndarray:
+    """The model for the current request (int32 scalar); lengths as in `predict_us` (the
+    deadline's per-token part uses `output_len` too when given)."""
     view = observation.as_view(state)
     task = view.task
-    latency = self.predict_us(view)
-    deadline = self.deadline_us[task] + self.deadline_per_token_us * self.mean_output_len
+    latency = self.predict_us(view, output_len, prompt_len)
+    n = self.mean_output_len if output_len is None else jnp.asarray(output_len, jnp.float32)
+    deadline = self.deadline_us[task] + self.deadline_per_token_us * n
     on_time = self.slack * latency <= deadline
     best = jnp.argmax(jnp.where(on_time, self.quality[:, task], -jnp.inf))
     late = jnp.where(self.dump > 0.5, jnp.argmax(latency), jnp.argmin(latency))
     return jnp.where(jnp.any(on_time), best, late).astype(jnp.int32)
+
+  def __call__(self, key, obs, state) -> jnp.ndarray:
+    del key, obs
+    return self.choose(state)
 
 
 @struct.dataclass
@@ -255,9 +267,12 @@ def tune_deadline_greedy(env: ServingEnv, params: EnvParams, key: jax.Array,
                          dumps: Sequence[float] = DEFAULT_DUMPS,
                          mean_output_len: float | None = None,
                          mean_prompt_len: float | None = None,
-                         num_steps: int | None = None, num_keys: int = 4, mesh=None):
+                         num_steps: int | None = None, num_keys: int = 4, mesh=None,
+                         wrap=None):
   """Grid search of `DeadlineGreedy`'s slack x turnover x dump on (env, params); with a
-  `mesh`, candidates are scored in parallel over its 'data' axis (`evaluate`).
+  `mesh`, candidates are scored in parallel over its 'data' axis (`evaluate`). `wrap`, if
+  given, turns each candidate into the policy scored and returned (e.g.
+  `bes.clairvoyant.ClairvoyantGreedy`, tuned with its true lengths).
 
   Mean lengths default to `mean_lengths(params.workload, ...)`; `num_steps` defaults to one
   episode. Returns (best policy, report dict: knobs, per-candidate mean scores, ...).
@@ -270,7 +285,7 @@ def tune_deadline_greedy(env: ServingEnv, params: EnvParams, key: jax.Array,
   candidates = [dict(mean_output_len=float(mean_output_len), mean_prompt_len=float(mean_prompt_len),
                      slack=float(s), turnover=float(u), dump=float(d))
                 for s, u, d in itertools.product(slacks, turnovers, dumps)]
-  build = lambda **kw: deadline_greedy(params, **kw)
+  build = lambda **kw: (wrap or (lambda p: p))(deadline_greedy(params, **kw))
   return _grid_search("deadline_greedy", env, params, k_run, candidates, build, num_steps,
                       num_keys, mesh)
 

@@ -220,3 +220,17 @@ def summarize(outcomes: Mapping[str, np.ndarray], profile: Profile, window_s: fl
       "p99_latency_s": _none_if_nan(lat[99]),
       "rejected_frac": rejected_fraction(o["rejected"]),
   }
+
+
+def mean_ci(values, level: float = 0.95) -> tuple[float, float]:
+  """(mean, half-width) of the Student-t confidence interval of the mean of `values` [K]
+  (independent runs, e.g. evaluation seeds): mean ± t_{(1+level)/2, K-1} * sd / sqrt(K),
+  sd with K - 1 degrees of freedom. One value: half-width nan (no interval)."""
+  from scipy import stats   # jax depends on scipy; imported here to keep import time low
+  x = _nonempty(values, "values", np.float64)
+  if not 0 < level < 1:
+    raise ValueError(f"mean_ci: level must be in (0, 1), got {level!r}")
+  if x.size == 1:
+    return float(x[0]), float("nan")
+  half = stats.t.ppf((1 + level) / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+  return float(x.mean()), float(half)
