@@ -123,3 +123,46 @@ def test_resuming_with_another_config_fails_clearly(trained):
   assert r.returncode != 0
   assert "train.py: error:" in r.stderr and "dqn.gamma" in r.stderr
   assert "Traceback" not in r.stderr
+
+
+def test_heldout_protocol_end_to_end_and_resume(trained, tmp_path):
+  """launch/heldout.py on a copy of the tiny workdir, with hand-set heuristic knobs (tuning
+  is off in the tiny run) and a two-family protocol; a rerun skips both families."""
+  import shutil
+  workdir, r, _, cache = trained
+  assert r.returncode == 0, r.stderr[-3000:]
+  copy = str(tmp_path / "run")
+  shutil.copytree(workdir, copy)
+  knobs = dict(deadline_greedy=dict(name="deadline_greedy", mean_output_len=20.0,
+                                    mean_prompt_len=50.0, slack=1.0, turnover=1.0, dump=0.0),
+               load_threshold=dict(name="load_threshold", thresholds=[1.0, 2.0]))
+  with open(os.path.join(copy, "heuristics.json"), "w") as f:
+    json.dump(knobs, f)
+  protocol = tmp_path / "protocol.py"
+  protocol.write_text(
+      "def get_protocol():\n"
+      "  return dict(seeds=2, num_requests=30, horizons=(0, 3), families={\n"
+      "      'base': dict(held_out=False, about='training', overrides={}),\n"
+      "      'fast': dict(held_out=True, about='2x', overrides={'workload.rate': 80.0})})\n")
+  out = tmp_path / "heldout"
+  args = ["heldout.py", f"--workdir={copy}", f"--out={out}", f"--protocol={protocol}"]
+  r = _run(*args, cache=cache)
+  assert r.returncode == 0, r.stderr[-3000:]
+  result = json.loads((out / "metrics.json").read_text())
+  fams = {f["name"]: f for f in result["families"]}
+  assert set(fams) == {"base", "fast"} and fams["fast"]["overrides"] == {"workload.rate": 80.0}
+  for fam in fams.values():
+    assert set(fam["values"]) == {"learned", "deadline_greedy", "load_threshold",
+                                  "clairvoyant_greedy", "clairvoyant_lookahead0",
+                                  "clairvoyant_lookahead3"}
+    for v in fam["values"].values():
+      assert len(v["utility"]) == 2 and all(0 <= a <= 1 for a in v["availability"])
+      assert all(u <= fam["peak"] + 1e-6 for u in v["utility"])
+  table = (out / "table.md").read_text()
+  assert table.startswith("`python ") and "| fast | yes |" in table
+  again = _run(*args, cache=cache)
+  assert again.returncode == 0 and again.stdout.count("done before") == 2, again.stdout[-2000:]
+  assert json.loads((out / "metrics.json").read_text())["families"] == result["families"]
+  bad = _run("heldout.py", f"--workdir={copy}", f"--out={out}", "--seeds=1")
+  assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].endswith(
+      "--seeds: expected >= 2, got 1"), bad.stderr[-500:]
