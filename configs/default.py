@@ -73,6 +73,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.dqn.eps_start = 1.0          # epsilon-greedy exploration, linear from eps_start
   config.dqn.eps_end = 0.02           # to eps_end
   config.dqn.eps_decay_frac = 0.3     # of num_iterations
+  config.dqn.demo = ""                # '' | deadline_greedy: a demonstrator some exploratory
+                                      # actions come from (bes/router/dqn.py)
+  config.dqn.demo_frac = 0.0          # share of exploratory actions the demonstrator takes
   config.dqn.target_update = "periodic"   # periodic | polyak
   config.dqn.target_period = 2000     # gradient steps between target copies (periodic)
   config.dqn.polyak_tau = 0.005       # (polyak)

@@ -19,6 +19,7 @@ from bes.router.qnetwork import ACTIVATIONS, NORMALISATIONS
 
 TARGET_UPDATES = ("periodic", "polyak")
 CREDITS = ("request", "step")
+DEMONSTRATORS = ("", "deadline_greedy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,8 @@ class DQNConfig:
   center_rate: float = 0.0
   lr_decay: bool = False
   lr_final_frac: float = 1.0
+  demo: str = ""
+  demo_frac: float = 0.0
 
   def validate(self, where: str = "config.dqn") -> "DQNConfig":
     """Raises ValueError naming `<where>.<field>` when a value is out of range."""
@@ -70,7 +73,7 @@ class DQNConfig:
       _positive(getattr(self, name), f"{where}.{name}")
     _positive(self.rate_scale, f"{where}.rate_scale", "requests/s")
     for name in ("center_rate", "lr_final_frac", "eps_start", "eps_end", "eps_decay_frac",
-                 "polyak_tau"):
+                 "polyak_tau", "demo_frac"):
       _unit(getattr(self, name), f"{where}.{name}")
     _unit(self.gamma, f"{where}.gamma", "a discount in [0, 1]")
     if self.n_step > self.replay_capacity:
@@ -80,7 +83,8 @@ class DQNConfig:
       raise ValueError(f"{where}.hidden: expected one or more widths >= 1, got {self.hidden!r}")
     for name, allowed in (("activation", tuple(sorted(ACTIVATIONS))),
                           ("obs_norm", NORMALISATIONS), ("features", FEATURES),
-                          ("target_update", TARGET_UPDATES), ("credit", CREDITS)):
+                          ("target_update", TARGET_UPDATES), ("credit", CREDITS),
+                          ("demo", DEMONSTRATORS)):
       if getattr(self, name) not in allowed:
         raise ValueError(f"{where}.{name}: expected one of {allowed}, "
                          f"got {getattr(self, name)!r}")

@@ -13,7 +13,9 @@ jits `vmap(chunk)` and drives the chunks from Python, evaluating and checkpointi
 them).
 
 One iteration: every parallel environment is offered an epsilon-greedy action from the
-online network; `step_async` runs at most `max_passes` event passes per model group, so
+online network (with `dqn.demo`, a share `demo_frac` of the exploratory actions are the
+deadline-aware greedy's instead of random: demonstrations in the replay, DQfD-style without
+its margin loss); `step_async` runs at most `max_passes` event passes per model group, so
 environments move on their own clocks. An environment that was ready at the start of the
 call used the action; when it reaches its next arrival (`decided`), the transition (observation
 and action at routing, the reward, the next observation, done) enters its replay ring. The
@@ -34,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bes import heuristics
 from bes.env import rollout as rollout_lib
 from bes.env.serving_env import EnvParams, ServingEnv
 from bes.router import features as features_lib
@@ -108,6 +111,27 @@ def learning_rate_schedule(d: DQNConfig):
   return optax.linear_schedule(d.learning_rate, d.learning_rate * d.lr_final_frac, steps)
 
 
+def behaviour_action(greedy, random_action, demo_action, u, eps, demo_frac):
+  """The action each environment takes, int32 [E], from a uniform draw u [E]: the
+  demonstrator's where u < eps * demo_frac, a random one where u < eps otherwise, else the
+  online network's greedy one (epsilon-greedy, a share demo_frac of the exploration
+  demonstrated)."""
+  return jnp.where(u < eps * demo_frac, demo_action,
+                   jnp.where(u < eps, random_action, greedy)).astype(jnp.int32)
+
+
+def _demonstrator(d: DQNConfig, env_params: EnvParams, params_batched: bool):
+  """The `dqn.demo` policy (None without one): the deadline-aware greedy with slack 1.25
+  (tuned on the default workload, results/router_default/heuristics.json), turnover 1, no
+  dump, and the training workload's mean lengths (`bes.heuristics`; the latency tables,
+  quality and deadlines do not vary across a batch of EnvParams, the first is used)."""
+  if not d.demo or d.demo_frac == 0:
+    return None
+  params = jax.tree_util.tree_map(lambda x: x[0], env_params) if params_batched else env_params
+  prompt, output = heuristics.mean_lengths(params.workload, jax.random.PRNGKey(0))
+  return heuristics.deadline_greedy(params, output, prompt, slack=1.25)
+
+
 def make_train(d: DQNConfig, train: TrainConfig, env: ServingEnv, env_params: EnvParams,
                eval_env: ServingEnv, eval_params: EnvParams,
                params_batched: bool = False,
@@ -143,6 +167,7 @@ def make_train(d: DQNConfig, train: TrainConfig, env: ServingEnv, env_params: En
   v_reset = jax.vmap(env.reset, in_axes=(0, params_axis))
   v_step = jax.vmap(env.step_async, in_axes=(0, 0, 0, params_axis, None))
   v_features = jax.vmap(lambda o, s: features_lib.extend(o, s, layout))
+  demonstrator = _demonstrator(d, env_params, params_batched)
 
   def init(key: jax.Array) -> LearnerState:
     k_net, k_env, k_run = jax.random.split(key, 3)
@@ -205,8 +230,11 @@ def make_train(d: DQNConfig, train: TrainConfig, env: ServingEnv, env_params: En
     eps = epsilon(ls.iteration)
     greedy = jnp.argmax(network.apply(ls.params, envs.obs), axis=-1).astype(jnp.int32)
     random_action = jax.random.randint(k_random, (num_envs,), 0, num_actions, jnp.int32)
-    explore = jax.random.uniform(k_explore, (num_envs,)) < eps
-    action = jnp.where(explore, random_action, greedy)
+    u = jax.random.uniform(k_explore, (num_envs,))
+    demo_action = (random_action if demonstrator is None else
+                   jax.vmap(lambda s: demonstrator(None, None, s))(envs.state))
+    action = behaviour_action(greedy, random_action, demo_action, u, eps,
+                              d.demo_frac if demonstrator is not None else 0.0)
     ready = envs.state.ready
     pending = envs._replace(
         pending_obs=jnp.where(ready[:, None], envs.obs, envs.pending_obs),
