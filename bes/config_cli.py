@@ -157,6 +157,18 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     raise ValueError(f"--config: {file}: {type(e).__name__}: {e}") from e
 
 
+def load_file_function(path: str, name: str, flag: str):
+  """`name()` of the Python file `path` given by `flag` (a sweep or protocol file); a
+  ValueError naming the flag when the file is missing, or the flag and the file when
+  importing or calling it fails."""
+  if not os.path.isfile(path):
+    raise ValueError(f"{flag}: no such file {path!r}")
+  try:
+    return call_file_function(path, name)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"{flag}: {path}: {type(e).__name__}: {e}") from e
+
+
 def call_file_function(path: str, name: str, *args):
   """Imports the Python file `path` (a config or sweep file) and returns `name(*args)`.
 

@@ -152,12 +152,7 @@ def _check_override_keys(steps, grid_keys: set, base: str, path: str) -> None:
 
 def load_sweep(path: str) -> Spec:
   """Imports a sweep file and validates its `get_sweep()` (ValueError naming file and field)."""
-  if not os.path.isfile(path):
-    raise ValueError(f"--sweep: no such file {path!r}")
-  try:
-    cfg = config_cli.call_file_function(path, "get_sweep")
-  except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"{path}: {type(e).__name__}: {e}") from e
+  cfg = config_cli.load_file_function(path, "get_sweep", "--sweep")
   if not hasattr(cfg, "keys"):
     raise ValueError(f"{path}: get_sweep() must return a ConfigDict, got {type(cfg).__name__}")
   missing = [k for k in ("base", "grid", "steps", "metrics_from", "plot") if k not in cfg]

@@ -33,12 +33,7 @@ _FAMILY_KEYS = {"held_out", "about", "overrides"}
 
 def load_protocol(path: str) -> dict:
   """`get_protocol()` of a protocol file, checked; errors name the file and the field."""
-  if not os.path.isfile(path):
-    raise ValueError(f"--protocol: no such file {path!r}")
-  try:
-    p = config_cli.call_file_function(path, "get_protocol")
-  except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"--protocol: {path}: {type(e).__name__}: {e}") from e
+  p = config_cli.load_file_function(path, "get_protocol", "--protocol")
   where = f"--protocol {path}"
   if not isinstance(p, dict) or not isinstance(p.get("families"), dict) or not p["families"]:
     raise ValueError(f"{where}: get_protocol() must return a dict with a non-empty 'families' dict")
