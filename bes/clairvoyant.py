@@ -100,25 +100,16 @@ def run_lookahead_episode(env: ServingEnv, params: EnvParams, base, key: jax.Arr
   horizon = int(horizon)
   if horizon < 0:
     raise ValueError(f"run_lookahead_episode: horizon must be >= 0, got {horizon}")
-  n = env.episode_len
-  chunk = n if not chunk else int(chunk)
-  k_reset, k_run = jax.random.split(key)
-  num_chunks = -(-n // chunk)
-  keys = jax.random.split(k_run, num_chunks * chunk)        # the schedule of run_episode
-  pad = jax.random.split(jax.random.fold_in(k_run, 1), max(horizon, 1))[:horizon]
-  all_keys = jnp.concatenate([keys, pad]) if horizon else keys
-  obs, state = env.reset(k_reset, params)
-  rewards, done = [], 0
-  step = _lookahead_step_fn(env, horizon, chunk)
-  for c in range(num_chunks):
-    m = min(chunk, n - done)
-    (obs, state), (reward, _) = step(params, base, (obs, state), all_keys, jnp.int32(c * chunk),
-                                     jnp.int32(m))
-    rewards.append(np.asarray(reward)[:m])
-    done += m
-    if progress is not None:
-      progress(done, n)
-  return rollout_lib.outcomes_to_numpy(state.outcomes), np.concatenate(rewards)
+  _, chunks = rollout_lib.episode_keys(key, env.episode_len, chunk)  # the same requests
+  all_keys = chunks.reshape(-1, chunks.shape[-1])
+  if horizon:                     # keys for the steps past the episode's end (masked)
+    all_keys = jnp.concatenate([all_keys, jax.random.split(jax.random.fold_in(key, 1), horizon)])
+  run = _lookahead_step_fn(env, horizon, int(chunks.shape[1]))
+  state, rewards = rollout_lib.run_chunks(
+      env, params, key, chunk, progress, lambda start: start,
+      lambda obs, state, _, m, start: run(params, base, (obs, state), all_keys,
+                                          jnp.int32(start), jnp.int32(m)))
+  return rollout_lib.outcomes_to_numpy(state.outcomes), rewards
 
 
 @functools.lru_cache(maxsize=32)
@@ -144,7 +135,7 @@ def _lookahead_step_fn(env: ServingEnv, horizon: int, chunk: int):
 
       (obs, state), reward = jax.lax.cond(t < num_live, step,
                                           lambda c: (c, jnp.float32(0)), (obs, state))
-      return (obs, state), (reward, action)
+      return (obs, state), reward
 
     return jax.lax.scan(body, carry, jnp.arange(chunk))
 

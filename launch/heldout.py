@@ -65,8 +65,8 @@ def main(argv):
   protocol = heldout.load_protocol(_PROTOCOL.value)
   for field, flag in (("seeds", _SEEDS), ("num_requests", _NUM_REQUESTS)):
     if flag.value is not None:
-      if flag.value < (2 if field == "seeds" else 1):
-        raise ValueError(f"--{field}: expected >= {2 if field == 'seeds' else 1}, got {flag.value}")
+      if flag.value < heldout.MINIMUMS[field]:
+        raise ValueError(f"--{field}: expected >= {heldout.MINIMUMS[field]}, got {flag.value}")
       protocol[field] = flag.value
   if not os.path.isdir(_WORKDIR.value):
     raise ValueError(f"--workdir: no such directory {_WORKDIR.value!r}")

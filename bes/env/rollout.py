@@ -92,28 +92,36 @@ def run_episode(env: ServingEnv, params: EnvParams, policy, key: jax.Array,
   """
   if not env.record:
     raise ValueError("run_episode needs an environment built with record=True")
-  state, rewards = _run_chunks(
+  state, rewards = run_chunks(
       env, params, key, chunk, progress, lambda start: start,
-      lambda obs, state, keys, m: _chunk(env, params, policy, obs, state, keys, m))
+      lambda obs, state, keys, m, _: _chunk(env, params, policy, obs, state, keys, m))
   return outcomes_to_numpy(state.outcomes), rewards
 
 
-def _run_chunks(env, params, key, chunk, progress, initial, step):
-  """The chunk loop of `run_episode(s)`: reset from the first half of `key` (`initial` maps
-  the reset (obs, state), e.g. to a stack), then `step(obs, state, keys [chunk, 2], num_live)`
-  -> ((obs, state), rewards [..., chunk]) over the episode's step keys (the second half), with
-  `progress` after each chunk; returns the final state and the live steps' rewards
-  [..., episode_len]."""
-  n = env.episode_len
-  chunk = n if not chunk else int(chunk)
+def episode_keys(key: jax.Array, episode_len: int, chunk: int | None):
+  """(reset key, step keys [num_chunks, chunk, 2]) of an episode of `episode_len` steps run
+  in chunks of `chunk` (None: one chunk; the last chunk padded): the one key schedule of
+  every recorded episode (`run_episode(s)`, `bes.clairvoyant`), so that every policy run
+  from the same `key` sees the same requests."""
+  chunk = episode_len if not chunk else int(chunk)
   k_reset, k_run = jax.random.split(key)
+  num_chunks = -(-episode_len // chunk)
+  return k_reset, jax.random.split(k_run, num_chunks * chunk).reshape(num_chunks, chunk, -1)
+
+
+def run_chunks(env, params, key, chunk, progress, initial, step):
+  """The chunk loop of recorded episodes: reset with `episode_keys`' reset key (`initial`
+  maps the reset (obs, state), e.g. to a stack), then `step(obs, state, keys [chunk, 2],
+  num_live, start)` -> ((obs, state), rewards [..., chunk]) for each chunk of its step keys
+  (`start`: the steps done before it), with `progress` after each chunk; returns the final
+  state and the live steps' rewards [..., episode_len]."""
+  n = env.episode_len
+  k_reset, keys = episode_keys(key, n, chunk)
   obs, state = initial(_jit_reset(env, params, k_reset))
-  num_chunks = -(-n // chunk)
-  keys = jax.random.split(k_run, num_chunks * chunk).reshape(num_chunks, chunk, -1)
   rewards, done = [], 0
-  for c in range(num_chunks):
-    m = min(chunk, n - done)
-    (obs, state), reward = step(obs, state, keys[c], m)
+  for c in range(keys.shape[0]):
+    m = min(keys.shape[1], n - done)
+    (obs, state), reward = step(obs, state, keys[c], m, done)
     rewards.append(np.asarray(reward)[..., :m])
     done += m
     if progress is not None:
@@ -142,11 +150,11 @@ def run_episodes(env: ServingEnv, params: EnvParams, policies, key: jax.Array,
   shards = 1 if mesh is None else mesh_lib.axis_size(mesh, "points")
   policies, count = mesh_lib.pad_leading(policies, shards)
   size = jax.tree_util.tree_leaves(policies)[0].shape[0]
-  state, rewards = _run_chunks(
+  state, rewards = run_chunks(
       env, params, key, chunk, progress,
       lambda start: jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (size,) + x.shape),
                                            start),
-      lambda obs, state, keys, m: _chunks(env, params, policies, obs, state, keys, m,
+      lambda obs, state, keys, m, _: _chunks(env, params, policies, obs, state, keys, m,
                                           mesh if shards > 1 else None))
   outcomes = outcomes_to_numpy(jax.tree_util.tree_map(lambda x: x[:count], state.outcomes))
   rewards = rewards[:count]

@@ -29,6 +29,7 @@ from bes.experiment import workdir as workdir_lib
 from bes.experiment.setup import Setup
 
 _FAMILY_KEYS = {"held_out", "about", "overrides"}
+MINIMUMS = {"seeds": 2, "num_requests": 1}   # of the protocol's counts (seeds: an interval needs 2)
 
 
 def load_protocol(path: str) -> dict:
@@ -43,7 +44,7 @@ def load_protocol(path: str) -> dict:
                        f"{sorted(_FAMILY_KEYS)}, got {sorted(fam) if isinstance(fam, dict) else fam!r}")
     if not isinstance(fam["overrides"], dict):
       raise ValueError(f"{where}: families[{name!r}].overrides must be a dict of config keys")
-  for field, low in (("seeds", 2), ("num_requests", 1)):
+  for field, low in MINIMUMS.items():
     if not isinstance(p.get(field), int) or p[field] < low:
       raise ValueError(f"{where}: {field} must be an integer >= {low}, got {p.get(field)!r}")
   if not isinstance(p.get("scoring", {}), dict):
@@ -96,12 +97,11 @@ def run_family(workdir: str, name: str, family: dict, protocol: dict, knobs: dic
   peaks = []
   for s in range(protocol["seeds"]):
     key = jax.random.PRNGKey(1000 + s)
-    runs = [evaluate_lib.run_policy(setup, p, n, key)[0] for p in learned]
-    record("learned", {k: float(np.mean([r[k] for r in runs]))
-                       for k in ("mean_utility", "availability")})
-    peaks.append(runs[0]["peak"])
-    for policy, p in named.items():
-      record(policy, evaluate_lib.run_policy(setup, p, n, key)[0])
+    # the learned router (its entry: the mean over its seeds) and `named`, as evaluate.py runs them
+    result, _ = evaluate_lib.evaluate(setup, n, key, named, learned, log=lambda _: None)
+    for policy, summary in result["policies"].items():
+      record(policy, summary)
+    peaks.append(result["peak"])
     for h in protocol["horizons"]:
       outcomes, _ = clairvoyant.run_lookahead_episode(env, params, greedy, key, h,
                                                       chunk=setup.simulate.chunk)

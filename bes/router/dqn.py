@@ -233,8 +233,7 @@ def make_train(d: DQNConfig, train: TrainConfig, env: ServingEnv, env_params: En
     u = jax.random.uniform(k_explore, (num_envs,))
     demo_action = (random_action if demonstrator is None else
                    jax.vmap(lambda s: demonstrator(None, None, s))(envs.state))
-    action = behaviour_action(greedy, random_action, demo_action, u, eps,
-                              d.demo_frac if demonstrator is not None else 0.0)
+    action = behaviour_action(greedy, random_action, demo_action, u, eps, d.demo_frac)
     ready = envs.state.ready
     pending = envs._replace(
         pending_obs=jnp.where(ready[:, None], envs.obs, envs.pending_obs),
