@@ -117,16 +117,20 @@ class DeadlineGreedy:
       preds.append(jnp.where(rejected[m], _NEVER, latency))
     return jnp.stack(preds)
 
+  def deadline_us_of(self, state, output_len=None) -> jnp.ndarray:
+    """The current request's deadline as the greedy sees it, float32 (us): its task's
+    deadline plus the per-token part for the mean output length (or `output_len`)."""
+    view = observation.as_view(state)
+    n = self.mean_output_len if output_len is None else jnp.asarray(output_len, jnp.float32)
+    return self.deadline_us[view.task] + self.deadline_per_token_us * n
+
   def choose(self, state, output_len=None, prompt_len=None) -> jnp.ndarray:
     """The model for the current request (int32 scalar); lengths as in `predict_us` (the
     deadline's per-token part uses `output_len` too when given)."""
     view = observation.as_view(state)
-    task = view.task
     latency = self.predict_us(view, output_len, prompt_len)
-    n = self.mean_output_len if output_len is None else jnp.asarray(output_len, jnp.float32)
-    deadline = self.deadline_us[task] + self.deadline_per_token_us * n
-    on_time = self.slack * latency <= deadline
-    best = jnp.argmax(jnp.where(on_time, self.quality[:, task], -jnp.inf))
+    on_time = self.slack * latency <= self.deadline_us_of(view, output_len)
+    best = jnp.argmax(jnp.where(on_time, self.quality[:, view.task], -jnp.inf))
     late = jnp.where(self.dump > 0.5, jnp.argmax(latency), jnp.argmin(latency))
     return jnp.where(jnp.any(on_time), best, late).astype(jnp.int32)
 

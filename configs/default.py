@@ -47,7 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.dqn.activation = "relu"     # relu | gelu | tanh | silu
   config.dqn.obs_norm = "log"         # none | scale | log (bes/router/qnetwork.py)
   config.dqn.features = "paper"       # paper (task, loads, rate) | queues (+ the joining
-                                      # instance's batch and queue fill per model)
+                                      # instance's batch and queue fill per model) | predict
+                                      # (+ the greedy's predicted latency / deadline and pick)
   config.dqn.rate_scale = 20.0        # requests/s the rate feature is divided by
   config.dqn.credit = "request"       # request: a request's utility rewards the decision that
                                       # routed it; step: the env's step reward (design page)

@@ -1,10 +1,11 @@
-"""bes/router/features.py: the opt-in 'queues' observation features, end to end."""
+"""bes/router/features.py: the opt-in observation features (queues, predict), end to end."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from bes import policies
+from bes.env import observation
 from bes.env import instances as inst
 from bes.experiment import Setup
 from bes.router import dqn, features
@@ -77,6 +78,66 @@ def test_learned_policy_and_training_use_the_features():
   trainer = dqn.make_train(setup.dqn, setup.train, env, params_env, eval_env, eval_params)
   ls = jax.jit(trainer.init)(jax.random.PRNGKey(0))
   assert ls.replay.obs.shape[-1] == env.obs_size + 2 * env.num_models
+  ls, stats = jax.jit(trainer.chunk)(ls)
+  assert int(ls.replay.count.sum()) > 0 and np.isfinite(float(stats.loss))
+  ev = jax.jit(lambda ls, k: trainer.evaluate(ls, k, 1))(ls, jax.random.PRNGKey(1))
+  assert 0.0 <= float(ev.availability) <= 1.0
+
+
+def test_predict_features_are_the_reference_greedys_view():
+  """'predict': per model the greedy's predicted latency over the request's deadline
+  (clipped, a rejecting model reads the cap) and its pick; the same from the simulator's
+  state and from a runtime's ServingView; refused without a predictor."""
+  config = _config()
+  env, obs, state = _loaded_state(config)
+  m, t = env.num_models, env.num_tasks
+  _, params = Setup.from_config(config).env()
+  layout = features.layout(t, m, "predict")
+  assert features.predictor(features.layout(t, m, "queues"), params) is None
+  greedy = features.predictor(layout, params)
+  assert float(greedy.slack) == features.REFERENCE_SLACK
+  got = np.asarray(features.extend(obs, state, layout, greedy))
+  assert got.shape == (t + 5 * m + 1,) == (layout.size,)
+  queues = np.asarray(features.extend(obs, state, features.layout(t, m, "queues")))
+  np.testing.assert_array_equal(got[:t + 3 * m], queues[:-1])
+  assert got[-1] == obs[-1]
+  # The deadline written out from the env's params, not through the greedy.
+  task = int(np.argmax(np.asarray(obs[:t])))
+  deadline = (float(params.deadline_us[task])
+              + float(params.deadline_per_token_us) * float(greedy.mean_output_len))
+  predicted = np.asarray(greedy.predict_us(state))
+  slack = got[t + 3 * m:t + 4 * m]
+  np.testing.assert_allclose(slack, np.clip(predicted / deadline, 0, 4), rtol=1e-6)
+  rejects = np.asarray(observation.serving_view(state).rejects())
+  assert rejects[-1] and slack[-1] == 4.0                      # the loaded model's queue is full
+  assert 0 < slack[0] < 4
+  advice = got[t + 4 * m:t + 5 * m]
+  np.testing.assert_array_equal(advice, np.eye(m)[int(greedy(None, obs, state))])
+  view = observation.serving_view(state)
+  np.testing.assert_array_equal(features.extend(obs, view, layout, greedy), got)
+  with pytest.raises(ValueError, match="needs a latency predictor"):
+    features.extend(obs, state, layout)
+  # The learned policy carries its predictor: the same pick from the state and the view.
+  network = make_qnetwork(layout, Setup.from_config(config).dqn)
+  policy = LearnedPolicy(params=network.init(jax.random.PRNGKey(0), got[None]),
+                         network=network, predictor=greedy)
+  act = jax.jit(lambda p, o, s: p(None, o, s))
+  assert int(act(policy, obs, state)) == int(act(policy, obs, view)) == int(
+      jnp.argmax(network.apply(policy.params, got)))
+
+
+def test_training_with_predict_features_and_demonstrations():
+  config = _config()
+  config.dqn.features, config.dqn.demo, config.dqn.demo_frac = "predict", "deadline_greedy", 0.5
+  setup = Setup.from_config(config)
+  env, params_env = setup.env(credit=True)
+  eval_env, eval_params = setup.env(episode_len=16)
+  demo = dqn._demonstrator(setup.dqn, params_env, False)
+  reference = features.reference_greedy(params_env)
+  assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, demo, reference))
+  trainer = dqn.make_train(setup.dqn, setup.train, env, params_env, eval_env, eval_params)
+  ls = jax.jit(trainer.init)(jax.random.PRNGKey(0))
+  assert ls.replay.obs.shape[-1] == env.obs_size + 4 * env.num_models
   ls, stats = jax.jit(trainer.chunk)(ls)
   assert int(ls.replay.count.sum()) > 0 and np.isfinite(float(stats.loss))
   ev = jax.jit(lambda ls, k: trainer.evaluate(ls, k, 1))(ls, jax.random.PRNGKey(1))

@@ -11,6 +11,11 @@ benchmarks):
   ...   optional feature blocks, after the loads, chosen by a feature set name (`FEATURES`):
         'queues' adds, per model m for the instance a request would join, its running +
         waiting / max_batch_m and its waiting / queue_capacity, interleaved [2M];
+        'predict' adds to those, per model, the predicted latency of the current request
+        over its deadline (block 'slack', [M], clipped to [0, SLACK_CAP]) and the one-hot of
+        the model a reference deadline-aware greedy picks (block 'advice', [M]); both come
+        from a latency predictor (`bes.heuristics.DeadlineGreedy`, built by
+        `bes.router.features.predictor`), what the heuristics know, knowable at arrival;
   rate  the estimated arrival rate in requests/s, [1], always last.
 Code reads an observation by block name (`layout.take(obs, "load")`), never by offsets.
 
@@ -38,7 +43,12 @@ from flax import struct
 from bes.env import instances as inst
 
 # Feature set name -> the extra blocks it adds between the loads and the rate.
-FEATURES = {"paper": (), "queues": ("queues",)}
+FEATURES = {"paper": (), "queues": ("queues",), "predict": ("queues", "slack", "advice")}
+# Blocks computed by a latency predictor (an object with `predict_us(view)` -> float32 [M]
+# microseconds, `deadline_us_of(view)` -> float32 microseconds and `choose(view)` -> int32,
+# e.g. `bes.heuristics.DeadlineGreedy`; duck-typed so bes/env does not import the heuristics).
+PREDICTED = ("slack", "advice")
+SLACK_CAP = 4.0  # predicted latency / deadline above this (and a rejecting model) reads 4
 
 
 # --------------------------------------------------------------------------------- the view
@@ -152,8 +162,17 @@ def as_view(state) -> ServingView:
 
 
 # --------------------------------------------------------------------------------- the layout
-def _block(name: str, view: ServingView, num_tasks: int) -> jnp.ndarray:
-  """Block `name` of the observation of `view`, float32 [..., size]."""
+def _block(name: str, view: ServingView, num_tasks: int, predictor=None) -> jnp.ndarray:
+  """Block `name` of the observation of `view`, float32 [..., size] (the PREDICTED blocks
+  from `predictor`)."""
+  if name in PREDICTED and predictor is None:
+    raise ValueError(f"observation: block {name!r} needs a latency predictor "
+                     "(bes.router.features.predictor), got None")
+  if name == "slack":
+    ratio = predictor.predict_us(view) / predictor.deadline_us_of(view)
+    return jnp.clip(ratio, 0.0, SLACK_CAP).astype(jnp.float32)
+  if name == "advice":
+    return jax.nn.one_hot(predictor.choose(view), view.num_models, dtype=jnp.float32)
   if name == "task":
     return jax.nn.one_hot(view.task, num_tasks, dtype=jnp.float32)
   if name == "load":
@@ -185,7 +204,8 @@ class ObservationLayout:
   @property
   def blocks(self) -> tuple[tuple[str, int], ...]:
     """(name, size) of every block, in order."""
-    extra = {"queues": 2 * self.num_models}
+    extra = {"queues": 2 * self.num_models, "slack": self.num_models,
+             "advice": self.num_models}
     return (("task", self.num_tasks), ("load", self.num_models),
             *((name, extra[name]) for name in FEATURES[self.features]), ("rate", 1))
 
@@ -196,6 +216,11 @@ class ObservationLayout:
   @property
   def size(self) -> int:
     return sum(size for _, size in self.blocks)
+
+  @property
+  def needs_predictor(self) -> bool:
+    """Whether building this layout's observation needs a latency predictor."""
+    return any(name in PREDICTED for name in self.names)
 
   @property
   def base(self) -> "ObservationLayout":
@@ -226,16 +251,19 @@ class ObservationLayout:
                          f"layout {self.names} expects {size}")
     return jnp.concatenate([parts[name] for name in self.names], axis=-1)
 
-  def build(self, view: ServingView) -> jnp.ndarray:
-    """The observation of a serving view, float32 [size]."""
-    return self.concat({name: _block(name, view, self.num_tasks) for name in self.names})
+  def build(self, view: ServingView, predictor=None) -> jnp.ndarray:
+    """The observation of a serving view, float32 [size] (`predictor` for the PREDICTED
+    blocks)."""
+    return self.concat({name: _block(name, view, self.num_tasks, predictor)
+                        for name in self.names})
 
-  def extend(self, obs: jnp.ndarray, view: ServingView) -> jnp.ndarray:
+  def extend(self, obs: jnp.ndarray, view: ServingView, predictor=None) -> jnp.ndarray:
     """This layout's observation from one of the base layout (`obs`, float32 [base size]):
-    its blocks are kept, the extra ones computed from `view`."""
+    its blocks are kept, the extra ones computed from `view` (and `predictor`)."""
     base = self.base
     if self.features == base.features:
       return obs
     parts = {name: base.take(obs, name) for name in base.names}
-    parts.update({name: _block(name, view, self.num_tasks) for name in FEATURES[self.features]})
+    parts.update({name: _block(name, view, self.num_tasks, predictor)
+                  for name in FEATURES[self.features]})
     return self.concat(parts)

@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bes import heuristics
 from bes.env import rollout as rollout_lib
 from bes.env.serving_env import EnvParams, ServingEnv
 from bes.router import features as features_lib
@@ -121,15 +120,11 @@ def behaviour_action(greedy, random_action, demo_action, u, eps, demo_frac):
 
 
 def _demonstrator(d: DQNConfig, env_params: EnvParams, params_batched: bool):
-  """The `dqn.demo` policy (None without one): the deadline-aware greedy with slack 1.25
-  (tuned on the default workload, results/router_default/heuristics.json), turnover 1, no
-  dump, and the training workload's mean lengths (`bes.heuristics`; the latency tables,
-  quality and deadlines do not vary across a batch of EnvParams, the first is used)."""
+  """The `dqn.demo` policy (None without one): `features.reference_greedy` of the training
+  environment."""
   if not d.demo or d.demo_frac == 0:
     return None
-  params = jax.tree_util.tree_map(lambda x: x[0], env_params) if params_batched else env_params
-  prompt, output = heuristics.mean_lengths(params.workload, jax.random.PRNGKey(0))
-  return heuristics.deadline_greedy(params, output, prompt, slack=1.25)
+  return features_lib.reference_greedy(env_params, params_batched)
 
 
 def make_train(d: DQNConfig, train: TrainConfig, env: ServingEnv, env_params: EnvParams,
@@ -166,7 +161,8 @@ def make_train(d: DQNConfig, train: TrainConfig, env: ServingEnv, env_params: En
   params_axis = 0 if params_batched else None
   v_reset = jax.vmap(env.reset, in_axes=(0, params_axis))
   v_step = jax.vmap(env.step_async, in_axes=(0, 0, 0, params_axis, None))
-  v_features = jax.vmap(lambda o, s: features_lib.extend(o, s, layout))
+  predictor = features_lib.predictor(layout, env_params, params_batched)
+  v_features = jax.vmap(lambda o, s: features_lib.extend(o, s, layout, predictor))
   demonstrator = _demonstrator(d, env_params, params_batched)
 
   def init(key: jax.Array) -> LearnerState:
@@ -291,7 +287,7 @@ def make_train(d: DQNConfig, train: TrainConfig, env: ServingEnv, env_params: En
   def evaluate(ls: LearnerState, key: jax.Array,
                num_episodes: int = train.eval_episodes) -> EvalStats:
     """Greedy routing over `num_episodes` whole evaluation episodes (one decision per step)."""
-    policy = LearnedPolicy(params=ls.params, network=network)
+    policy = LearnedPolicy(params=ls.params, network=network, predictor=predictor)
     keys = jax.random.split(key, num_episodes)
     traj = rollout_lib.rollouts(eval_env, eval_params, policy,
                                 keys if constrain is None else constrain(keys, "batch"),

@@ -17,14 +17,17 @@ class LearnedPolicy:
   `params` is the network's parameter pytree (a leaf stack of several seeds vmaps); the
   network (its shape) is static. The network's observation layout (`network.layout`) says
   which features it reads beyond the environment's observation `obs`; those are computed
-  from `state`'s serving view (`bes.env.observation`), which is read only then.
+  from `state`'s serving view (`bes.env.observation`), which is read only then, and with
+  `features='predict'` from `predictor` (`bes.router.features.predictor`: the reference
+  greedy of the training environment, a pytree carried with the policy).
   """
   params: Any
   network: QNetwork = struct.field(pytree_node=False)
+  predictor: Any = None
 
   def __call__(self, key, obs, state) -> jnp.ndarray:
     del key
-    obs = features_lib.extend(obs, state, self.network.layout)
+    obs = features_lib.extend(obs, state, self.network.layout, self.predictor)
     return jnp.argmax(self.network.apply(self.params, obs), axis=-1).astype(jnp.int32)
 
   def q_values(self, obs) -> jnp.ndarray:
