@@ -221,29 +221,32 @@ def mean_lengths(workload, key: jax.Array, n: int = 8192) -> tuple[float, float]
 
 # --------------------------------------------------------------------------------- evaluation
 def evaluate(env: ServingEnv, params: EnvParams, policies, keys: jax.Array,
-             num_steps: int, mesh=None) -> jnp.ndarray:
+             num_steps: int, mesh=None, params_batched: bool = False) -> jnp.ndarray:
   """Mean per-request reward of each of a stack of policies (leading axis C) on each of
   `keys` [K, 2], float32 [C, K]: one jitted call of `rollout_lib.rollouts` (one decision per
   step) for `num_steps` steps each. With a `mesh` (`bes.parallel.mesh`), the candidates are
   sharded over its 'data' axis ('points'; the stack padded with copies of its last policy to
-  a multiple of that axis, the copies' scores dropped): the same scores, in parallel."""
+  a multiple of that axis, the copies' scores dropped): the same scores, in parallel. With
+  `params_batched`, `params` is a stack of K EnvParams, one per key."""
   shards = 1 if mesh is None else mesh_lib.axis_size(mesh, "points")
   policies, count = mesh_lib.pad_leading(policies, shards)
-  scores = _evaluate(env, params, policies, keys, int(num_steps), mesh if shards > 1 else None)
+  scores = _evaluate(env, params, policies, keys, int(num_steps), mesh if shards > 1 else None,
+                     bool(params_batched))
   return scores[:count]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5))
-def _evaluate(env, params, policies, keys, num_steps, mesh):
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
+def _evaluate(env, params, policies, keys, num_steps, mesh, params_batched):
   policies = mesh_lib.constrainer(mesh)(policies, "points")
 
   def one(policy):
-    return rollout_lib.rollouts(env, params, policy, keys, num_steps)["reward"].sum(-1) / num_steps
+    traj = rollout_lib.rollouts(env, params, policy, keys, num_steps, params_batched)
+    return traj["reward"].sum(-1) / num_steps
   return jax.vmap(one)(policies)
 
 
 def _grid_search(name: str, env, params, key, candidates: list[dict], build, num_steps, num_keys,
-                 mesh=None):
+                 mesh=None, score_params=None):
   if not candidates:
     raise ValueError(f"heuristics.tune({name!r}): the knob grid is empty")
   if len(candidates) > MAX_CANDIDATES:
@@ -254,8 +257,12 @@ def _grid_search(name: str, env, params, key, candidates: list[dict], build, num
     raise ValueError(f"heuristics.tune({name!r}): num_steps and num_keys must be >= 1, got "
                      f"{num_steps} and {num_keys}")
   policies = [build(**c) for c in candidates]
+  if score_params is not None:      # one key per environment variant of the stack
+    num_keys = jax.tree_util.tree_leaves(score_params)[0].shape[0]
   keys = jax.random.split(key, int(num_keys))
-  scores = np.asarray(evaluate(env, params, policies_lib.stack(policies), keys, num_steps, mesh))
+  scores = np.asarray(evaluate(env, params if score_params is None else score_params,
+                               policies_lib.stack(policies), keys, num_steps, mesh,
+                               params_batched=score_params is not None))
   mean = scores.mean(axis=1)
   best = int(np.argmax(mean))
   report = dict(name=name, knobs=candidates[best], best_index=best, score=float(mean[best]),
@@ -272,11 +279,13 @@ def tune_deadline_greedy(env: ServingEnv, params: EnvParams, key: jax.Array,
                          mean_output_len: float | None = None,
                          mean_prompt_len: float | None = None,
                          num_steps: int | None = None, num_keys: int = 4, mesh=None,
-                         wrap=None):
+                         wrap=None, score_params=None):
   """Grid search of `DeadlineGreedy`'s slack x turnover x dump on (env, params); with a
   `mesh`, candidates are scored in parallel over its 'data' axis (`evaluate`). `wrap`, if
   given, turns each candidate into the policy scored and returned (e.g.
-  `bes.clairvoyant.ClairvoyantGreedy`, tuned with its true lengths).
+  `bes.clairvoyant.ClairvoyantGreedy`, tuned with its true lengths). `score_params`, if
+  given, is a stack of K EnvParams (a randomised training distribution's variants) scored
+  with one rollout each instead of `num_keys` rollouts on `params`.
 
   Mean lengths default to `mean_lengths(params.workload, ...)`; `num_steps` defaults to one
   episode. Returns (best policy, report dict: knobs, per-candidate mean scores, ...).
@@ -291,15 +300,17 @@ def tune_deadline_greedy(env: ServingEnv, params: EnvParams, key: jax.Array,
                 for s, u, d in itertools.product(slacks, turnovers, dumps)]
   build = lambda **kw: (wrap or (lambda p: p))(deadline_greedy(params, **kw))
   return _grid_search("deadline_greedy", env, params, k_run, candidates, build, num_steps,
-                      num_keys, mesh)
+                      num_keys, mesh, score_params)
 
 
 def tune_load_threshold(env: ServingEnv, params: EnvParams, key: jax.Array,
                         levels: Sequence[float] = DEFAULT_LEVELS,
-                        num_steps: int | None = None, num_keys: int = 4, mesh=None):
+                        num_steps: int | None = None, num_keys: int = 4, mesh=None,
+                        score_params=None):
   """Grid search of `LoadThreshold`: every model but the one of lowest mean quality (the
   natural fallback) takes each of `levels` (a product grid, levels ** (M - 1) candidates);
-  the fallback model's threshold is max(levels). Returns (best policy, report dict)."""
+  the fallback model's threshold is max(levels); `score_params` as in
+  `tune_deadline_greedy`. Returns (best policy, report dict)."""
   levels = [float(x) for x in levels]
   quality = np.asarray(params.quality, np.float64)
   fallback = int(np.argmin(quality.mean(axis=1)))
@@ -310,7 +321,7 @@ def tune_load_threshold(env: ServingEnv, params: EnvParams, key: jax.Array,
     candidates.append(dict(thresholds=th))
   build = lambda **kw: load_threshold(params, **kw)
   return _grid_search("load_threshold", env, params, key, candidates, build, num_steps,
-                      num_keys, mesh)
+                      num_keys, mesh, score_params)
 
 
 # --------------------------------------------------------------------------------- registry

@@ -89,6 +89,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.keep_checkpoints = 2       # the latest checkpoints kept
   config.train.select_best = True     # the router kept is the best-evaluated chunk's (per seed)
   config.train.rate_multipliers = ""  # e.g. '0.25,0.5,1,2,4': env i trains at rate * m[i % k]
+  config.train.task_mixes = ""        # e.g. 'uniform;0.55,0.15,0.15,0.15': env i's task mix
+  config.train.burstiness = ""        # e.g. '0.5,1,1.5': env i's bursty arrivals b times as
+                                      # bursty (sigmas x b, cv_median ** b; 0 = Poisson)
   config.train.tune_heuristics = True  # tune the hand-written baselines on the same workload
 
   # Device mesh (bes/parallel/mesh.py): sizes of its axes; -1 = the devices left over.

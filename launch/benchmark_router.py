@@ -8,7 +8,9 @@ Parts (`--parts`), timed after compilation with `jax.block_until_ready`:
                which the seed-mean evaluation utility reaches 95% of the final one (and of the
                last three chunks' mean: the evaluation is noisy), and the total seconds.
   latency      the greedy `LearnedPolicy` jitted, one observation and a batch: median and p99
-               microseconds over `--latency_calls` blocking calls, async and sync CPU dispatch.
+               microseconds over `--latency_calls` blocking calls, async and sync CPU dispatch;
+               with observation features (`dqn.features`), one more row: the decision from a
+               `ServingView` as a serving runtime makes it, the features computed in the call.
 
   python launch/benchmark_router.py --config=configs/default.py --out=results/router_benchmark
 """
@@ -37,6 +39,8 @@ import numpy as np  # noqa: E402
 
 from bes import cli_errors, config_cli
 from bes.experiment import Setup, train as train_lib  # noqa: E402
+from bes.env import observation  # noqa: E402
+from bes.router import features as features_lib  # noqa: E402
 from bes.router.policy import LearnedPolicy  # noqa: E402
 from bes.experiment.throughput import load_avg as _load  # noqa: E402
 from bes.experiment.throughput import training_throughput as _throughput  # noqa: E402
@@ -180,7 +184,29 @@ def _latency(config, calls: int, batch: int, profile) -> list[dict]:
       first_s = time.perf_counter() - start
       rows.append(dict(case=name, observations=shape_name, dispatch=dispatch,
                        first_call_s=first_s, **_time_calls(fn, arg, calls), load_avg=_load()))
+  layout = trainer.network.layout
+  if layout.features != layout.base.features:
+    rows.append(_latency_with_features(trainer.network, envs, calls, dispatch))
   return rows
+
+
+def _latency_with_features(network, envs, calls: int, dispatch: str) -> dict:
+  """The row of a decision as a serving runtime makes it: the jitted LearnedPolicy called
+  with the environment's observation and a `ServingView`, its extra features (and, for
+  'predict', the latency predictor it carries) computed inside the call."""
+  obs, state = envs.eval_env.reset(jax.random.PRNGKey(2), envs.eval_params)
+  view = observation.serving_view(state)
+  predictor = features_lib.predictor(network.layout, envs.params, envs.batched)
+  params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, network.layout.size)))
+  policy = LearnedPolicy(params=params, network=network, predictor=predictor)
+  decide = jax.jit(lambda pol, o, v: pol(None, o, v))
+  fn = lambda arg: decide(policy, *arg)
+  start = time.perf_counter()
+  jax.block_until_ready(fn((obs, view)))
+  first_s = time.perf_counter() - start
+  return dict(case=f"jit(LearnedPolicy) from a ServingView, '{network.layout.features}' "
+              "features computed in the call", observations="one", dispatch=dispatch,
+              first_call_s=first_s, **_time_calls(fn, (obs, view), calls), load_avg=_load())
 
 
 def _latency_sync_dispatch() -> list[dict]:

@@ -37,12 +37,16 @@ def rollout(env: ServingEnv, params: EnvParams, policy, key: jax.Array, num_step
   return state, trajectory
 
 
-def rollouts(env: ServingEnv, params: EnvParams, policy, keys: jax.Array, num_steps: int):
+def rollouts(env: ServingEnv, params: EnvParams, policy, keys: jax.Array, num_steps: int,
+             params_batched: bool = False):
   """`rollout` from each of `keys` [K, 2] with one decision per step; returns the per-call
   dict of every rollout, each entry [K, num_steps]. Jittable (`env`, `num_steps` static).
   With `num_steps` a multiple of `env.episode_len` every request's outcome is counted
-  (episodes end by draining). Scores policies in the learner's evaluation and in tuning."""
-  return jax.vmap(lambda k: rollout(env, params, policy, k, num_steps)[1])(keys)
+  (episodes end by draining). With `params_batched`, `params` is a stack of K EnvParams,
+  one per key (e.g. a randomised training distribution). Scores policies in the learner's
+  evaluation and in tuning."""
+  return jax.vmap(lambda p, k: rollout(env, p, policy, k, num_steps)[1],
+                  in_axes=(0 if params_batched else None, 0))(params, keys)
 
 
 def outcomes_to_numpy(outcomes) -> dict:

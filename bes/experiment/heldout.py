@@ -61,9 +61,11 @@ def tune_clairvoyant(workdir: str, log: Callable[[str], None] = print) -> dict:
   (`workdir.tune_heuristics`: same grid, key and episodes), never on a held-out family."""
   setup = Setup.from_config(workdir_lib.saved_config(workdir))
   env, params = setup.env()
-  log("tuning the clairvoyant greedy on the training workload (true lengths)")
+  score_params, where = workdir_lib.tuning_distribution(setup)
+  log(f"tuning the clairvoyant greedy on {where} (true lengths)")
   policy, _ = heuristics.tune_deadline_greedy(env, params, jax.random.PRNGKey(setup.seed + 2),
-                                              wrap=clairvoyant.ClairvoyantGreedy)
+                                              wrap=clairvoyant.ClairvoyantGreedy,
+                                              score_params=score_params)
   knobs = {k: float(getattr(policy.base, k)) for k in ("slack", "turnover", "dump")}
   log(f"tuned clairvoyant greedy: {heuristics.format_knobs(knobs)}")
   return knobs

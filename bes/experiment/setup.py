@@ -96,27 +96,44 @@ class Setup:
                     rate_ema_alpha=self.rate_ema_alpha, credit=credit)
 
   def train_envs(self) -> TrainEnvs:
-    """The learner's environments. With rate multipliers, training environment i runs the
-    workload at rate `rate * m[i % k]` (EnvParams stacked over environments); evaluation
-    uses the workload exactly as configured."""
+    """The learner's environments. With a randomised training distribution
+    (`config.train`'s rate_multipliers, task_mixes, burstiness; `TrainConfig`), training
+    environment i runs its own variant of the workload (EnvParams stacked over
+    environments); evaluation uses the workload exactly as configured."""
     env, params = self.env(credit=self.dqn.credit == "request")
     eval_env, eval_params = self.env(episode_len=self.train.eval_episode_len)
-    multipliers = self.train.rate_multipliers
-    if not multipliers:
+    if not self.train.randomised:
       return TrainEnvs(env, params, False, eval_env, eval_params)
-    if self.is_trace and not float(self.config.workload.rate):
-      raise ValueError("config.train.rate_multipliers: a trace at its own timing "
-                       "(config.workload.rate=0) cannot be rescaled; set a rate")
-    workloads = []
-    for i in range(self.dqn.num_envs):
-      cfg = ml_collections.ConfigDict(self.config.workload.to_dict(), type_safe=False)
-      cfg.rate = float(self.config.workload.rate) * multipliers[i % len(multipliers)]
-      workloads.append(workload_from_config(cfg, self.profile.tasks))
+    workloads = [workload_from_config(self._train_workload(i), self.profile.tasks,
+                                      f"config.workload (training environment {i})")
+                 for i in range(self.dqn.num_envs)]
     stacked = policies.stack(workloads)
     params = jax.tree_util.tree_map(
         lambda x: jnp.broadcast_to(x, (len(workloads),) + jnp.shape(x)),
         params.replace(workload=None))
     return TrainEnvs(env, params.replace(workload=stacked), True, eval_env, eval_params)
+
+  def _train_workload(self, i: int) -> ml_collections.ConfigDict:
+    """The workload config of training environment i (`train_envs`)."""
+    t = self.train
+    cfg = ml_collections.ConfigDict(self.config.workload.to_dict(), type_safe=False)
+    if t.rate_multipliers:
+      if self.is_trace and not float(cfg.rate):
+        raise ValueError("config.train.rate_multipliers: a trace at its own timing "
+                         "(config.workload.rate=0) cannot be rescaled; set a rate")
+      cfg.rate = float(cfg.rate) * t.rate_multipliers[i % len(t.rate_multipliers)]
+    if t.task_mixes:
+      mix = t.task_mixes[i % len(t.task_mixes)]
+      cfg.task_mix = "" if mix == "uniform" else mix
+    if t.burstiness:
+      if cfg.kind != "bursty":
+        raise ValueError(f"config.train.burstiness: needs config.workload.kind='bursty', "
+                         f"got {cfg.kind!r}")
+      b = t.burstiness[i % len(t.burstiness)]
+      cfg.bursty.rate_sigma = float(cfg.bursty.rate_sigma) * b
+      cfg.bursty.cv_sigma = float(cfg.bursty.cv_sigma) * b
+      cfg.bursty.cv_median = float(cfg.bursty.cv_median) ** b
+    return cfg
 
   def mesh(self, devices=None) -> jax.sharding.Mesh:
     """The ('seed', 'data', 'model') mesh of `config.mesh` over `devices` (default: every

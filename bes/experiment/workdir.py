@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from bes import config_cli, heuristics, io_util
 from bes.experiment import evaluate as evaluate_lib
@@ -26,18 +27,38 @@ from bes.router.qnetwork import make_qnetwork
 HEURISTICS_FILE = "heuristics.json"
 
 
+TUNE_VARIANTS = 16  # training environments a randomised distribution's tuning scores on
+
+
+def tuning_distribution(setup: Setup) -> tuple[object, str]:
+  """(score_params, description) the heuristics are tuned on (`heuristics.tune`): None and
+  'the training workload' for one configured workload; for a randomised training
+  distribution, the EnvParams of TUNE_VARIANTS training environments spread evenly over
+  its stack (one rollout each)."""
+  if not setup.train.randomised:
+    return None, "the training workload"
+  stack = setup.train_envs().params
+  pick = np.unique(np.linspace(0, setup.dqn.num_envs - 1, TUNE_VARIANTS).astype(int))
+  return (jax.tree_util.tree_map(lambda x: x[pick], stack),
+          f"{len(pick)} environments of the randomised training distribution")
+
+
 def tune_heuristics(setup: Setup, workdir: str, log: Callable[[str], None] = print) -> dict:
-  """Tunes every heuristic of `bes.heuristics` on the training workload (at its base rate,
-  training episodes) and saves the knobs to `workdir/heuristics.json`; returns them. The
-  candidates are scored in parallel over this process's devices (every process of a
-  multi-process run tunes the same knobs; the primary writes them)."""
+  """Tunes every heuristic of `bes.heuristics` on the training workload (training episodes)
+  and saves the knobs to `workdir/heuristics.json`; returns them. A randomised training
+  distribution (`config.train`: rate_multipliers, task_mixes, burstiness) is the tuning
+  distribution too: one rollout on each of TUNE_VARIANTS training environments spread over
+  the stack; otherwise 4 rollouts of the configured workload. The candidates are scored in
+  parallel over this process's devices (every process of a multi-process run tunes the same
+  knobs; the primary writes them)."""
   env, params = setup.env()
   key = jax.random.PRNGKey(setup.seed + 2)
   mesh = mesh_lib.local_mesh()
+  score_params, where = tuning_distribution(setup)
   tuned = {}
   for name in heuristics.HEURISTICS:
-    log(f"tuning {name} on the training workload (grid search of its knobs; compiles first)")
-    policy, _ = heuristics.tune(name, env, params, key, mesh=mesh)
+    log(f"tuning {name} on {where} (grid search of its knobs; compiles first)")
+    policy, _ = heuristics.tune(name, env, params, key, mesh=mesh, score_params=score_params)
     tuned[name] = heuristics.to_dict(policy)
     log(f"tuned {name}: {heuristics.format_knobs(tuned[name])}")
   if distributed.is_primary():     # every process tunes (the same knobs); one writes

@@ -96,14 +96,19 @@ class TrainConfig:
   """A training run (`config.train`): `chunk_iterations` iterations per jitted chunk (a
   divisor of `DQNConfig.num_iterations`), a greedy evaluation of `eval_episodes` episodes of
   `eval_episode_len` requests after each, the latest `keep_checkpoints` checkpoints kept.
-  `rate_multipliers` (empty: none): training environment i runs at the workload's rate times
-  `rate_multipliers[i % k]`."""
+  A randomised training distribution, each list cycled over the training environments
+  independently (empty: none): environment i runs at the workload's rate times
+  `rate_multipliers[i % k]`, with task mix `task_mixes[i % k']` ('uniform' or weights like
+  '0.55,0.15,0.15,0.15') and bursty arrivals `burstiness[i % k'']` times as bursty (rate_sigma
+  and cv_sigma times b, cv_median to the power b: 0 would be Poisson, 1 the workload's own)."""
   chunk_iterations: int
   eval_episode_len: int
   eval_episodes: int
   keep_checkpoints: int
   select_best: bool = False
   rate_multipliers: tuple[float, ...] = ()
+  task_mixes: tuple[str, ...] = ()
+  burstiness: tuple[float, ...] = ()
   tune_heuristics: bool = False
 
   def validate(self, dqn: DQNConfig, where: str = "config.train",
@@ -118,7 +123,14 @@ class TrainConfig:
     if any(not (math.isfinite(m) and m > 0) for m in self.rate_multipliers):
       raise ValueError(f"{where}.rate_multipliers: expected positive numbers, "
                        f"got {self.rate_multipliers!r}")
+    if any(not (math.isfinite(b) and b >= 0) for b in self.burstiness):
+      raise ValueError(f"{where}.burstiness: expected numbers >= 0, got {self.burstiness!r}")
     return self
+
+  @property
+  def randomised(self) -> bool:
+    """Whether the training environments differ (any of the three lists set)."""
+    return bool(self.rate_multipliers or self.task_mixes or self.burstiness)
 
 
 def _at_least(value: int, low: int, key: str) -> None:
