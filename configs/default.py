@@ -77,6 +77,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.dqn.demo = ""                # '' | deadline_greedy: a demonstrator some exploratory
                                       # actions come from (bes/router/dqn.py)
   config.dqn.demo_frac = 0.0          # share of exploratory actions the demonstrator takes
+  config.dqn.action_mask = "none"     # none | on_time: greedy choices only among the models
+                                      # the reference greedy predicts on time, or its pick
+                                      # (needs features='predict'; bes/router/qnetwork.py)
   config.dqn.target_update = "periodic"   # periodic | polyak
   config.dqn.target_period = 2000     # gradient steps between target copies (periodic)
   config.dqn.polyak_tau = 0.005       # (polyak)

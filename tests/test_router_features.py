@@ -129,6 +129,7 @@ def test_predict_features_are_the_reference_greedys_view():
 def test_training_with_predict_features_and_demonstrations():
   config = _config()
   config.dqn.features, config.dqn.demo, config.dqn.demo_frac = "predict", "deadline_greedy", 0.5
+  config.dqn.action_mask = "on_time"
   setup = Setup.from_config(config)
   env, params_env = setup.env(credit=True)
   eval_env, eval_params = setup.env(episode_len=16)
@@ -142,3 +143,35 @@ def test_training_with_predict_features_and_demonstrations():
   assert int(ls.replay.count.sum()) > 0 and np.isfinite(float(stats.loss))
   ev = jax.jit(lambda ls, k: trainer.evaluate(ls, k, 1))(ls, jax.random.PRNGKey(1))
   assert 0.0 <= float(ev.availability) <= 1.0
+
+
+def test_on_time_action_mask_keeps_greedy_choices_feasible():
+  """dqn.action_mask='on_time': the greedy choice ranges over the models the reference
+  greedy predicts on time plus its pick; Q-values themselves are unmasked."""
+  config = _config()
+  config.dqn.features, config.dqn.action_mask = "predict", "on_time"
+  setup = Setup.from_config(config)
+  m, t = 3, 4
+  network = make_qnetwork(features.layout(t, m, "predict"), setup.dqn)
+  layout = network.layout
+  # Hand-made observations: slack ratios and the greedy's pick per row.
+  rows = [([0.5, 0.9, 2.0], 1), ([3.0, 3.0, 4.0], 2), ([0.1, 0.81, 0.79], 0)]
+  obs = []
+  for slack, pick in rows:
+    parts = {"task": np.eye(t)[0], "load": np.zeros(m), "queues": np.zeros(2 * m),
+             "slack": np.asarray(slack), "advice": np.eye(m)[pick], "rate": np.ones(1)}
+    obs.append(np.asarray(layout.concat({k: jnp.asarray(v, jnp.float32)
+                                         for k, v in parts.items()})))
+  obs = jnp.asarray(np.stack(obs))
+  # slack x 1.25 <= 1: 0.5 yes, 0.9 no, 0.79 yes, 0.81 no; the pick always allowed.
+  np.testing.assert_array_equal(network.allowed(obs), [[True, True, False],
+                                                       [False, False, True],
+                                                       [True, False, True]])
+  q = jnp.asarray([[0.0, 1.0, 5.0], [9.0, 8.0, 1.0], [0.0, 7.0, 0.5]])
+  np.testing.assert_array_equal(network.greedy(q, obs), [1, 2, 2])
+  unmasked = make_qnetwork(layout, Setup.from_config(_config()).dqn)
+  np.testing.assert_array_equal(unmasked.greedy(q, obs), [2, 0, 1])
+  # The masked values a Double-DQN target argmax-es: the allowed ones kept, the rest far below.
+  masked = np.asarray(network.mask_values(q, obs))
+  np.testing.assert_array_equal(masked[network.allowed(obs)], q[network.allowed(obs)])
+  assert masked[~np.asarray(network.allowed(obs))].max() < -1e8

@@ -15,7 +15,7 @@ import dataclasses
 import math
 
 from bes.router.features import FEATURES
-from bes.router.qnetwork import ACTIVATIONS, NORMALISATIONS
+from bes.router.qnetwork import ACTION_MASKS, ACTIVATIONS, NORMALISATIONS
 
 TARGET_UPDATES = ("periodic", "polyak")
 CREDITS = ("request", "step")
@@ -63,6 +63,7 @@ class DQNConfig:
   lr_final_frac: float = 1.0
   demo: str = ""
   demo_frac: float = 0.0
+  action_mask: str = "none"
 
   def validate(self, where: str = "config.dqn") -> "DQNConfig":
     """Raises ValueError naming `<where>.<field>` when a value is out of range."""
@@ -84,10 +85,13 @@ class DQNConfig:
     for name, allowed in (("activation", tuple(sorted(ACTIVATIONS))),
                           ("obs_norm", NORMALISATIONS), ("features", FEATURES),
                           ("target_update", TARGET_UPDATES), ("credit", CREDITS),
-                          ("demo", DEMONSTRATORS)):
+                          ("demo", DEMONSTRATORS), ("action_mask", ACTION_MASKS)):
       if getattr(self, name) not in allowed:
         raise ValueError(f"{where}.{name}: expected one of {allowed}, "
                          f"got {getattr(self, name)!r}")
+    if self.action_mask == "on_time" and self.features != "predict":
+      raise ValueError(f"{where}.action_mask='on_time' reads the predicted latency: it needs "
+                       f"{where}.features='predict', got {self.features!r}")
     return self
 
 

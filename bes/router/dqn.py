@@ -187,7 +187,7 @@ def make_train(d: DQNConfig, train: TrainConfig, env: ServingEnv, env_params: En
 
   def loss_fn(params, target_params, batch: replay_lib.Batch, reward_mean):
     q_tm1 = network.apply(params, batch.obs)
-    q_t_selector = network.apply(params, batch.next_obs)
+    q_t_selector = network.mask_values(network.apply(params, batch.next_obs), batch.next_obs)
     q_t_value = network.apply(target_params, batch.next_obs)
     ret = (batch.ret - center_steps * reward_mean) * d.reward_scale
     td = jax.vmap(losses.double_q_learning)(q_tm1, batch.action, ret, batch.discount, q_t_value,
@@ -224,7 +224,7 @@ def make_train(d: DQNConfig, train: TrainConfig, env: ServingEnv, env_params: En
     key, k_explore, k_random, k_step, k_learn = jax.random.split(ls.key, 5)
     envs = ls.envs
     eps = epsilon(ls.iteration)
-    greedy = jnp.argmax(network.apply(ls.params, envs.obs), axis=-1).astype(jnp.int32)
+    greedy = network.greedy(network.apply(ls.params, envs.obs), envs.obs)
     random_action = jax.random.randint(k_random, (num_envs,), 0, num_actions, jnp.int32)
     u = jax.random.uniform(k_explore, (num_envs,))
     demo_action = (random_action if demonstrator is None else

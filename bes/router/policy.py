@@ -12,7 +12,8 @@ from bes.router.qnetwork import QNetwork
 
 @struct.dataclass
 class LearnedPolicy:
-  """Greedy routing by a Q-network: `policy(key, obs, state)` -> argmax_a Q(obs, a), int32.
+  """Greedy routing by a Q-network: `policy(key, obs, state)` -> argmax_a Q(obs, a), int32,
+  over the actions the network's `action_mask` allows.
 
   `params` is the network's parameter pytree (a leaf stack of several seeds vmaps); the
   network (its shape) is static. The network's observation layout (`network.layout`) says
@@ -28,7 +29,7 @@ class LearnedPolicy:
   def __call__(self, key, obs, state) -> jnp.ndarray:
     del key
     obs = features_lib.extend(obs, state, self.network.layout, self.predictor)
-    return jnp.argmax(self.network.apply(self.params, obs), axis=-1).astype(jnp.int32)
+    return self.network.greedy(self.network.apply(self.params, obs), obs)
 
   def q_values(self, obs) -> jnp.ndarray:
     """Q-values float32 [..., num_models] for network inputs [..., network.layout.size]

@@ -17,11 +17,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bes.env.observation import ObservationLayout
+from bes.router.features import REFERENCE_SLACK
 
 if TYPE_CHECKING:
   from bes.router.config import DQNConfig
 
 NORMALISATIONS = ("none", "scale", "log")
+ACTION_MASKS = ("none", "on_time")
+_MASKED = -1e9   # the Q-value a masked action is argmax-ed with (finite: no NaN downstream)
 ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu, "tanh": jnp.tanh, "silu": nn.silu}
 
 
@@ -53,10 +56,31 @@ class QNetwork(nn.Module):
   obs_norm: str = "log"
   rate_scale: float = 20.0
   dueling: bool = False
+  action_mask: str = "none"
 
   @property
   def num_actions(self) -> int:
     return self.layout.num_models
+
+  def allowed(self, obs: jnp.ndarray) -> jnp.ndarray:
+    """bool [..., num_actions]: the actions greedy selection may take for (unnormalised)
+    observations [..., layout.size]. 'none': all. 'on_time' (features 'predict'): the
+    models the reference greedy predicts on time (predicted latency x its slack <= the
+    deadline, read from the 'slack' block) and the greedy's own pick ('advice'), so the
+    learned router chooses among what the heuristic deems feasible (a learned policy
+    inside the classical controller's constraint)."""
+    if self.action_mask == "none":
+      return jnp.ones(obs.shape[:-1] + (self.num_actions,), bool)
+    slack = self.layout.take(obs, "slack")
+    return (slack * REFERENCE_SLACK <= 1.0) | (self.layout.take(obs, "advice") > 0.5)
+
+  def greedy(self, q: jnp.ndarray, obs: jnp.ndarray) -> jnp.ndarray:
+    """int32 [...]: argmax of Q-values [..., num_actions] over the allowed actions of `obs`."""
+    return jnp.argmax(jnp.where(self.allowed(obs), q, _MASKED), axis=-1).astype(jnp.int32)
+
+  def mask_values(self, q: jnp.ndarray, obs: jnp.ndarray) -> jnp.ndarray:
+    """Q-values with the actions `obs` does not allow set very low (for argmax-ing)."""
+    return jnp.where(self.allowed(obs), q, _MASKED)
 
   @nn.compact
   def __call__(self, obs: jnp.ndarray) -> jnp.ndarray:
@@ -74,4 +98,5 @@ def make_qnetwork(layout: ObservationLayout, cfg: DQNConfig) -> QNetwork:
   """The Q-network over observations of `layout` (one action per model) that a validated
   `DQNConfig` (`bes/router/config.py`) describes."""
   return QNetwork(layout=layout, hidden=cfg.hidden, activation=cfg.activation,
-                  obs_norm=cfg.obs_norm, rate_scale=cfg.rate_scale, dueling=cfg.dueling)
+                  obs_norm=cfg.obs_norm, rate_scale=cfg.rate_scale, dueling=cfg.dueling,
+                  action_mask=cfg.action_mask)
