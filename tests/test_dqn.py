@@ -31,7 +31,7 @@ from flax import struct
 from bes.experiment import Setup, config as config_lib, train as train_lib, workdir as workdir_lib
 from bes.router import checkpoint, dqn
 from bes.router.policy import LearnedPolicy
-from configs import default as default_config
+from configs import paper as paper_config
 
 pytestmark = pytest.mark.usefixtures("persistent_compilation_cache")
 
@@ -119,7 +119,7 @@ def _typed(config):
 
 
 def _tabular_config():
-  config = default_config.get_config()
+  config = paper_config.get_config()
   d = config.dqn
   d.update(credit="step", obs_norm="none", hidden="32", num_envs=8, batch_size=64,
            replay_capacity=128, n_step=3, gamma=0.9, learning_rate=3e-3, num_iterations=400,

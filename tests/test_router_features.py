@@ -11,11 +11,11 @@ from bes.experiment import Setup
 from bes.router import dqn, features
 from bes.router.policy import LearnedPolicy
 from bes.router.qnetwork import make_qnetwork
-from configs import default
+from configs import paper
 
 
 def _config():
-  c = default.get_config()
+  c = paper.get_config()
   c.workload.kind = "poisson"
   c.workload.rate = 200.0           # enough load that instances queue
   c.env.queue_capacity = 4

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import default as default_config
+from configs import paper as paper_config
 
 # A small serving deployment: two models of one instance each (batches of 2); quality[m][t].
 TINY_PROFILE = dict(name="tiny", provenance="tests/tiny_router.py", tasks=["t0", "t1"], models=[
@@ -14,8 +14,8 @@ TINY_PROFILE = dict(name="tiny", provenance="tests/tiny_router.py", tasks=["t0",
     dict(name="big", instances=1, gpus_per_instance=1, max_batch=2, decode_step_s=[5e-3] * 2,
          prefill_s_fixed=1e-3, prefill_s_per_token=1e-6, quality=dict(t0=0.9, t1=0.95))])
 
-# The tiny training run on it (`configs/default.py` keys): 4 environments of 12-request
-# episodes, 2 chunks of 40 iterations, 2 seeds; queues of 2 at 40 requests/s (rejections)
+# The tiny training run on it (`configs/paper.py` keys: the paper's router): 4 environments
+# of 12-request episodes, 2 chunks of 40 iterations, 2 seeds; queues of 2 at 40 requests/s (rejections)
 # and a miss penalty; epsilon 1 (actions depend on the key only, so both credit modes see
 # the same transitions); episode ends stored as terminal (they mark episodes in the replay).
 SERVING = {
@@ -29,9 +29,9 @@ SERVING = {
 
 
 def config(profile_path: str, credit: str = "request") -> ml_collections.ConfigDict:
-  """The default config with `SERVING` applied, the profile JSON at `profile_path` and
+  """The paper's router config (`configs/paper.py`) with `SERVING` applied, the profile JSON at `profile_path` and
   `dqn.credit=credit`."""
-  cfg = default_config.get_config()
+  cfg = paper_config.get_config()
   cfg.profile = profile_path
   for path, value in SERVING.items():
     *parents, key = path.split(".")

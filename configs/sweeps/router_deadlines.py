@@ -1,7 +1,7 @@
 """Hard vs soft deadlines through the reward: one router trained per reward mode.
 
 `hard`: a late request is worth 0 (miss_penalty 0); `soft`: its utility falls linearly to 0
-over `soft_window_s` = 2 s after the deadline. Each router (configs/default.py, 3 seeds) is
+over `soft_window_s` = 2 s after the deadline. Each router (configs/paper.py, 3 seeds) is
 evaluated under its own reward on the default bursty workload (20 req/s), and under hard
 deadlines too (`hard_eval/` of each point) to show what softness costs on time.
 
@@ -14,7 +14,7 @@ from bes.sweep import product, sweep
 
 def get_sweep() -> ml_collections.ConfigDict:
   s = ml_collections.ConfigDict()
-  s.base = "configs/default.py"
+  s.base = "configs/paper.py"
   s.grid = product([sweep("config.env.reward", ["hard", "soft"]),
                     sweep("config.workload.rate", [20.0])])
   s.steps = [

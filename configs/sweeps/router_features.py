@@ -1,6 +1,6 @@
 """Does the router do better with the information the deadline-aware heuristic reads?
 
-Two routers of the default config (3 seeds each): `features='paper'` (task, per-model load,
+Two routers of the paper's config (configs/paper.py) (3 seeds each): `features='paper'` (task, per-model load,
 arrival rate, as in the paper) and `features='queues'` (plus, per model, the batch and
 queue fill of the instance a request would join; bes/router/features.py), evaluated on
 the training workload (bursty 20 req/s) and two shifts of it.
@@ -17,7 +17,7 @@ WORKLOADS = ("bursty20", "poisson20", "taskmix_lambada")
 
 def get_sweep() -> ml_collections.ConfigDict:
   s = ml_collections.ConfigDict()
-  s.base = "configs/default.py"
+  s.base = "configs/paper.py"
   keys = router_workloads.KEYS
   workloads = [dict({k: router_workloads.DEFAULTS.get(k) for k in keys},
                     **router_workloads.WORKLOADS[name], **{"config.workload.name": name})

@@ -1,5 +1,5 @@
 """The cost of a shift, measured the other way: routers trained ON two shifted workloads
-(configs/default.py, 3 seeds each), evaluated on the workload they were trained on. Compare
+(configs/paper.py, 3 seeds each), evaluated on the workload they were trained on. Compare
 with the experiments' router (trained on the uniform-mix bursty workload) on the same
 workloads in `router_workloads/`: the difference is the utility lost to the shift.
 
@@ -14,7 +14,7 @@ SHIFTED = ("taskmix_lambada", "azure_code")
 
 def get_sweep() -> ml_collections.ConfigDict:
   s = ml_collections.ConfigDict()
-  s.base = "configs/default.py"
+  s.base = "configs/paper.py"
   keys = router_workloads.KEYS
   s.grid = [dict({k: router_workloads.DEFAULTS.get(k) for k in keys},
                  **router_workloads.WORKLOADS[name], **{"config.workload.name": name})

@@ -17,7 +17,7 @@ NUM_REQUESTS = 10000
 
 def get_sweep() -> ml_collections.ConfigDict:
   s = ml_collections.ConfigDict()
-  s.base = "configs/default.py"
+  s.base = "configs/paper.py"
   s.grid = product([sweep("config.workload.rate", RATES), sweep("config.seed", SEEDS)])
   s.steps = [dict(
       name="simulate",
