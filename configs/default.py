@@ -78,7 +78,8 @@ def get_config() -> ml_collections.ConfigDict:
                                       # actions come from (bes/router/dqn.py)
   config.dqn.demo_frac = 0.0          # share of exploratory actions the demonstrator takes
   config.dqn.action_mask = "none"     # none | on_time: greedy choices only among the models
-                                      # the reference greedy predicts on time, or its pick
+                                      # the reference greedy predicts on time, or its pick |
+                                      # on_time_else_any: any model when none is on time
                                       # (needs features='predict'; bes/router/qnetwork.py)
   config.dqn.target_update = "periodic"   # periodic | polyak
   config.dqn.target_period = 2000     # gradient steps between target copies (periodic)

@@ -331,6 +331,7 @@ def test_trimmed_workdir_loads_the_same_router_and_refuses_to_resume(trained, tm
     ("dqn.huber_delta", 0.0), ("dqn.max_grad_norm", 0.0), ("dqn.center_rate", 2.5),
     ("dqn.lr_final_frac", -0.5), ("train.eval_episodes", 0), ("train.eval_episode_len", 0),
     ("dqn.num_envs", "x"), ("dqn.action_mask", "always"), ("dqn.action_mask", "on_time"),
+    ("dqn.action_mask", "on_time_else_any"),
 ])
 def test_bad_config_raises_naming_the_field(field, value):
   config = _tabular_config()

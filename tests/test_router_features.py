@@ -169,6 +169,11 @@ def test_on_time_action_mask_keeps_greedy_choices_feasible():
                                                        [True, False, True]])
   q = jnp.asarray([[0.0, 1.0, 5.0], [9.0, 8.0, 1.0], [0.0, 7.0, 0.5]])
   np.testing.assert_array_equal(network.greedy(q, obs), [1, 2, 2])
+  # 'on_time_else_any': the same where some model is on time, every model where none is.
+  lifted = network.clone(action_mask="on_time_else_any")
+  np.testing.assert_array_equal(lifted.allowed(obs), [[True, True, False], [True, True, True],
+                                                      [True, False, True]])
+  np.testing.assert_array_equal(lifted.greedy(q, obs), [1, 0, 2])
   unmasked = make_qnetwork(layout, Setup.from_config(_config()).dqn)
   np.testing.assert_array_equal(unmasked.greedy(q, obs), [2, 0, 1])
   # The masked values a Double-DQN target argmax-es: the allowed ones kept, the rest far below.

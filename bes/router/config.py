@@ -89,8 +89,9 @@ class DQNConfig:
       if getattr(self, name) not in allowed:
         raise ValueError(f"{where}.{name}: expected one of {allowed}, "
                          f"got {getattr(self, name)!r}")
-    if self.action_mask == "on_time" and self.features != "predict":
-      raise ValueError(f"{where}.action_mask='on_time' reads the predicted latency: it needs "
+    if self.action_mask != "none" and self.features != "predict":
+      raise ValueError(f"{where}.action_mask={self.action_mask!r} reads "
+                       f"the predicted latency: it needs "
                        f"{where}.features='predict', got {self.features!r}")
     return self
 

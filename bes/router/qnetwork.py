@@ -23,7 +23,7 @@ if TYPE_CHECKING:
   from bes.router.config import DQNConfig
 
 NORMALISATIONS = ("none", "scale", "log")
-ACTION_MASKS = ("none", "on_time")
+ACTION_MASKS = ("none", "on_time", "on_time_else_any")
 _MASKED = -1e9   # the Q-value a masked action is argmax-ed with (finite: no NaN downstream)
 ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu, "tanh": jnp.tanh, "silu": nn.silu}
 
@@ -68,11 +68,16 @@ class QNetwork(nn.Module):
     models the reference greedy predicts on time (predicted latency x its slack <= the
     deadline, read from the 'slack' block) and the greedy's own pick ('advice'), so the
     learned router chooses among what the heuristic deems feasible (a learned policy
-    inside the classical controller's constraint)."""
+    inside the classical controller's constraint). 'on_time_else_any': the same, but every
+    model when none is predicted on time (overload: the router's own choice, not the
+    greedy's fallback)."""
     if self.action_mask == "none":
       return jnp.ones(obs.shape[:-1] + (self.num_actions,), bool)
-    slack = self.layout.take(obs, "slack")
-    return (slack * REFERENCE_SLACK <= 1.0) | (self.layout.take(obs, "advice") > 0.5)
+    on_time = self.layout.take(obs, "slack") * REFERENCE_SLACK <= 1.0
+    allowed = on_time | (self.layout.take(obs, "advice") > 0.5)
+    if self.action_mask == "on_time_else_any":
+      allowed = allowed | ~jnp.any(on_time, axis=-1, keepdims=True)
+    return allowed
 
   def greedy(self, q: jnp.ndarray, obs: jnp.ndarray) -> jnp.ndarray:
     """int32 [...]: argmax of Q-values [..., num_actions] over the allowed actions of `obs`."""
