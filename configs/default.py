@@ -1,4 +1,8 @@
-"""The default configuration: the built-in 4-GPU OPT profile under a bursty workload.
+"""The default configuration: the built-in 4-GPU OPT profile under a bursty workload, and the
+best learned router found on the held-out protocol (issue 11; results/README.md, "Held-out
+protocol"): Double DQN that observes what the deadline-aware greedy computes (features
+'predict'), learns from its demonstrations (demo), and chooses among the models it predicts
+on time (action_mask). `configs/paper.py` is the paper's router, the default before.
 
 Use with any launcher: `--config=configs/default.py`, and override any key from the
 command line, e.g. `--config.workload.rate=40 --config.env.reward=soft`.
@@ -46,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.dqn.hidden = "64,64"         # hidden widths (two layers as in the paper)
   config.dqn.activation = "relu"     # relu | gelu | tanh | silu
   config.dqn.obs_norm = "log"         # none | scale | log (bes/router/qnetwork.py)
-  config.dqn.features = "paper"       # paper (task, loads, rate) | queues (+ the joining
+  config.dqn.features = "predict"     # paper (task, loads, rate) | queues (+ the joining
                                       # instance's batch and queue fill per model) | predict
                                       # (+ the greedy's predicted latency / deadline and pick)
   config.dqn.rate_scale = 20.0        # requests/s the rate feature is divided by
@@ -74,10 +78,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.dqn.eps_start = 1.0          # epsilon-greedy exploration, linear from eps_start
   config.dqn.eps_end = 0.02           # to eps_end
   config.dqn.eps_decay_frac = 0.3     # of num_iterations
-  config.dqn.demo = ""                # '' | deadline_greedy: a demonstrator some exploratory
+  config.dqn.demo = "deadline_greedy" # '' | deadline_greedy: a demonstrator some exploratory
                                       # actions come from (bes/router/dqn.py)
-  config.dqn.demo_frac = 0.0          # share of exploratory actions the demonstrator takes
-  config.dqn.action_mask = "none"     # none | on_time: greedy choices only among the models
+  config.dqn.demo_frac = 0.8          # share of exploratory actions the demonstrator takes
+  config.dqn.action_mask = "on_time"  # none | on_time: greedy choices only among the models
                                       # the reference greedy predicts on time, or its pick |
                                       # on_time_else_any: any model when none is on time
                                       # (needs features='predict'; bes/router/qnetwork.py)
