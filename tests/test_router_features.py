@@ -72,12 +72,17 @@ def test_learned_policy_and_training_use_the_features():
   action = jax.jit(lambda p, o, s: p(None, o, s))(policy, obs, state)
   assert int(action) == int(jnp.argmax(network.apply(params, extended)))
   # Training with the features: transitions store extended observations.
-  setup = Setup.from_config(config)
+  _train_one_chunk(Setup.from_config(config), extra_per_model=2)
+
+
+def _train_one_chunk(setup, extra_per_model: int):
+  """One chunk of training and an evaluation with `setup`'s features: the replay stores
+  observations `extra_per_model` values per model longer than the environment's."""
   env, params_env = setup.env(credit=True)
   eval_env, eval_params = setup.env(episode_len=16)
   trainer = dqn.make_train(setup.dqn, setup.train, env, params_env, eval_env, eval_params)
   ls = jax.jit(trainer.init)(jax.random.PRNGKey(0))
-  assert ls.replay.obs.shape[-1] == env.obs_size + 2 * env.num_models
+  assert ls.replay.obs.shape[-1] == env.obs_size + extra_per_model * env.num_models
   ls, stats = jax.jit(trainer.chunk)(ls)
   assert int(ls.replay.count.sum()) > 0 and np.isfinite(float(stats.loss))
   ev = jax.jit(lambda ls, k: trainer.evaluate(ls, k, 1))(ls, jax.random.PRNGKey(1))
@@ -131,18 +136,11 @@ def test_training_with_predict_features_and_demonstrations():
   config.dqn.features, config.dqn.demo, config.dqn.demo_frac = "predict", "deadline_greedy", 0.5
   config.dqn.action_mask = "on_time"
   setup = Setup.from_config(config)
-  env, params_env = setup.env(credit=True)
-  eval_env, eval_params = setup.env(episode_len=16)
+  params_env = setup.env(credit=True)[1]
   demo = dqn._demonstrator(setup.dqn, params_env, False)
   reference = features.reference_greedy(params_env)
   assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, demo, reference))
-  trainer = dqn.make_train(setup.dqn, setup.train, env, params_env, eval_env, eval_params)
-  ls = jax.jit(trainer.init)(jax.random.PRNGKey(0))
-  assert ls.replay.obs.shape[-1] == env.obs_size + 4 * env.num_models
-  ls, stats = jax.jit(trainer.chunk)(ls)
-  assert int(ls.replay.count.sum()) > 0 and np.isfinite(float(stats.loss))
-  ev = jax.jit(lambda ls, k: trainer.evaluate(ls, k, 1))(ls, jax.random.PRNGKey(1))
-  assert 0.0 <= float(ev.availability) <= 1.0
+  _train_one_chunk(setup, extra_per_model=4)
 
 
 def test_on_time_action_mask_keeps_greedy_choices_feasible():
