@@ -2,7 +2,8 @@
 best learned router found on the held-out protocol (issue 11; results/README.md, "Held-out
 protocol"): Double DQN that observes what the deadline-aware greedy computes (features
 'predict'), learns from its demonstrations (demo), and chooses among the models it predicts
-on time (action_mask). `configs/paper.py` is the paper's router, the default before.
+on time, freely when none is (action_mask). `configs/paper.py` is the paper's router, the
+default before.
 
 Use with any launcher: `--config=configs/default.py`, and override any key from the
 command line, e.g. `--config.workload.rate=40 --config.env.reward=soft`.
@@ -81,10 +82,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.dqn.demo = "deadline_greedy" # '' | deadline_greedy: a demonstrator some exploratory
                                       # actions come from (bes/router/dqn.py)
   config.dqn.demo_frac = 0.8          # share of exploratory actions the demonstrator takes
-  config.dqn.action_mask = "on_time"  # none | on_time: greedy choices only among the models
-                                      # the reference greedy predicts on time, or its pick |
-                                      # on_time_else_any: any model when none is on time
-                                      # (needs features='predict'; bes/router/qnetwork.py)
+  config.dqn.action_mask = "on_time_else_any"  # none | on_time: greedy choices only
+                                               # among the models the reference greedy
+                                               # predicts on time, or its pick |
+                                               # on_time_else_any: any model when none
+                                               # is on time (needs features='predict';
+                                               # bes/router/qnetwork.py)
   config.dqn.target_update = "periodic"   # periodic | polyak
   config.dqn.target_period = 2000     # gradient steps between target copies (periodic)
   config.dqn.polyak_tau = 0.005       # (polyak)
