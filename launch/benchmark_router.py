@@ -165,9 +165,10 @@ def _latency(config, calls: int, batch: int, profile) -> list[dict]:
   program), for one observation [D] and for a batch [batch, D], under this process's CPU
   dispatch mode (`jax_cpu_enable_async_dispatch`)."""
   trainer, envs = train_lib.make_trainer(Setup.from_config(config, profile))
-  # The network over the environment's own observation: the 'queues' features come from
-  # the serving state, which synthetic observations do not have.
-  network = trainer.network.clone(layout=envs.env.layout)
+  # The network over the environment's own observation, unmasked: the extra features (and
+  # the action mask, which reads them) come from the serving state, which synthetic
+  # observations do not have; `_latency_with_features` times the whole decision.
+  network = trainer.network.clone(layout=envs.env.layout, action_mask="none")
   obs = _observations(network.layout, float(config.dqn.rate_scale), batch, jax.random.PRNGKey(1))
   net_params = network.init(jax.random.PRNGKey(0), obs[:1])
   policy = LearnedPolicy(params=net_params, network=network)
@@ -193,7 +194,8 @@ def _latency(config, calls: int, batch: int, profile) -> list[dict]:
 def _latency_with_features(network, envs, calls: int, dispatch: str) -> dict:
   """The row of a decision as a serving runtime makes it: the jitted LearnedPolicy called
   with the environment's observation and a `ServingView`, its extra features (and, for
-  'predict', the latency predictor it carries) computed inside the call."""
+  'predict', the latency predictor it carries) and its action mask computed inside the
+  call."""
   obs, state = envs.eval_env.reset(jax.random.PRNGKey(2), envs.eval_params)
   view = observation.serving_view(state)
   predictor = features_lib.predictor(network.layout, envs.params, envs.batched)

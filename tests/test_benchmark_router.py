@@ -67,7 +67,12 @@ def test_all_parts_on_tiny_sizes(tmp_path):
   for dispatch in ("async", "sync"):             # sync: from a child process
     assert ("jit(LearnedPolicy), params as argument", dispatch, "one") in cases
     assert ("jit(LearnedPolicy), params as argument", dispatch, "batch 5") in cases
-  assert len(cases) == len(res["latency"]) == 8
+  # The default router observes features: one more row per dispatch, the decision from a
+  # ServingView with the features computed in the call.
+  for dispatch in ("async", "sync"):
+    assert ("jit(LearnedPolicy) from a ServingView, 'predict' features computed in the call",
+            dispatch, "one") in cases
+  assert len(cases) == len(res["latency"]) == 10
   for x in res["latency"]:
     assert x["calls"] == 30 and 0 < x["min_us"] <= x["median_us"] <= x["p99_us"]
 
