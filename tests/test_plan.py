@@ -51,7 +51,9 @@ def test_v5p_32_hosts_hold_one_seed_each_and_exact_memory():
   # The replay buffer by hand: per seed [E, C, D] obs and next_obs float32, action and reward
   # 4 bytes, done and resolved 1 byte, count [E] int32; one seed and 256 / 4 envs per device.
   profile = config_lib.profile_from_config(config)
-  obs_size = len(profile.tasks) + len(profile.models) + 1        # 'paper' features
+  t, m = len(profile.tasks), len(profile.models)
+  obs_size = {"paper": t + m + 1, "queues": t + 3 * m + 1,
+              "predict": t + 5 * m + 1}[config.dqn.features]     # by hand, per feature set
   envs, cap = 256 // 4, config.dqn.replay_capacity
   per_device = envs * cap * (2 * obs_size * 4 + 4 + 4 + 1 + 1) + envs * 4
   replay = p["memory"]["groups"]["replay"]

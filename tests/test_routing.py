@@ -64,11 +64,23 @@ def test_decisions_equal_the_policy_called_directly(setup, spec):
     assert len(set(decided)) == 2, decided   # the views are varied enough to use both models
 
 
-def test_learned_router_from_a_training_workdir(setup, tmp_path):
+@pytest.mark.parametrize("router_keys", [
+    {},                                                   # the paper's router (tiny_router)
+    {"dqn.features": "predict", "dqn.demo": "deadline_greedy", "dqn.demo_frac": 0.8,
+     "dqn.action_mask": "on_time_else_any"}])             # the default's keys
+def test_learned_router_from_a_training_workdir(tiny_profile_path, tmp_path, router_keys):
+  """A trained router served from its workdir decides as the policy called directly; with
+  the 'predict' features, from the runtime's view through the predictor it carries."""
+  config = tiny_router.config(tiny_profile_path)
+  for key, value in router_keys.items():
+    section, name = key.split(".")
+    config[section][name] = value
+  setup = Setup.from_config(config)
   workdir = str(tmp_path / "router")
   train_lib.train(setup, workdir, log=lambda *_: None)
   policy = routing.load_policy("learned", setup, workdir)
   assert isinstance(policy, LearnedPolicy)
+  assert (policy.predictor is not None) == bool(router_keys)
   router = routing.Router(policy, num_tasks=2)
   for i, view in enumerate(_views(setup, n=12)):
     model, predicted = router.decide(view)
