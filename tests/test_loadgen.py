@@ -300,9 +300,11 @@ def test_contract_end_to_end(tmp_path):
   assert (m["num_requests"], m["num_served"], m["num_rejected"], m["num_errors"]) == (10, 7, 1, 2)
   assert m["num_clipped"] == 1 and not m["tasks_drawn"]
   # Open loop: every request left on schedule although each took SERVICE_S (3 arrival gaps).
-  assert len(received) == 10 and m["send_lag_max"] < 0.1, m["send_lag_max"]
+  # Closed loop would span >= 9 x SERVICE_S = 1.35 s; the margins absorb a loaded CI
+  # machine's scheduling delays (a 0.1 s bound failed there once).
+  assert len(received) == 10 and m["send_lag_max"] < 0.3, m["send_lag_max"]
   starts = sorted(t for t, _ in received)
-  assert starts[-1] - starts[0] == pytest.approx(0.45, abs=0.1)
+  assert starts[-1] - starts[0] == pytest.approx(0.45, abs=0.3)
   bodies = sorted((b for _, b in received), key=lambda b: b["task"])
   assert all(b["max_tokens"] == b["min_tokens"] == 4 and b["ignore_eos"] for b in bodies)
   files = sorted(os.listdir(out))
