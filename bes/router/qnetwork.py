@@ -81,7 +81,7 @@ class QNetwork(nn.Module):
 
   def greedy(self, q: jnp.ndarray, obs: jnp.ndarray) -> jnp.ndarray:
     """int32 [...]: argmax of Q-values [..., num_actions] over the allowed actions of `obs`."""
-    return jnp.argmax(jnp.where(self.allowed(obs), q, _MASKED), axis=-1).astype(jnp.int32)
+    return jnp.argmax(self.mask_values(q, obs), axis=-1).astype(jnp.int32)
 
   def mask_values(self, q: jnp.ndarray, obs: jnp.ndarray) -> jnp.ndarray:
     """Q-values with the actions `obs` does not allow set very low (for argmax-ing)."""
