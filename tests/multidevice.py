@@ -71,6 +71,24 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def _kill_all(procs) -> list[tuple[int, str]]:
+  """Kills the processes still running; (index, stderr) of each."""
+  out = []
+  for i, proc in enumerate(procs):
+    if proc.poll() is None:
+      proc.kill()
+    if proc.stderr is not None and not proc.stderr.closed:
+      out.append((i, proc.communicate()[1] or ""))
+  return out
+
+
+def _first_error(err: str, size: int = 2000) -> str:
+  """The first Python traceback of a stderr (a peer that failed first may hang in
+  jax.distributed's shutdown and be the one killed), else its tail."""
+  start = err.find("Traceback (most recent call last)")
+  return err[start:start + size] if start >= 0 else err[-size:]
+
+
 def run_processes(num_processes: int, script: str, devices_per_process: int = 1,
                   timeout: float = 120) -> list[dict]:
   """Runs `script` as `num_processes` processes of one jax.distributed run over loopback
@@ -97,8 +115,10 @@ def run_processes(num_processes: int, script: str, devices_per_process: int = 1,
         out, err = proc.communicate()
         pending.discard(pid)
         if proc.returncode != 0:
+          others = "".join(f"\n--- process {i}/{num_processes}, killed:\n{_first_error(e)}"
+                           for i, e in _kill_all(procs) if i != pid)
           pytest.fail(f"process {pid}/{num_processes} exited {proc.returncode}; stderr tail:\n"
-                      f"{err[-3000:]}")
+                      f"{err[-3000:]}{others}")
         results[pid] = _parse(out, err, proc.returncode, f"process {pid}/{num_processes}")
       if pending and time.monotonic() > deadline:
         pytest.fail(f"processes {sorted(pending)} of {num_processes} ran past {timeout} s")

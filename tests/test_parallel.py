@@ -33,10 +33,11 @@ from tests import tiny_router
 
 def tiny_config(root, **mesh):
   path = os.path.join(root, "tiny_profile.json")
-  if distributed.is_primary() and not os.path.exists(path):
-    with open(path + ".tmp", "w") as f:
+  if not os.path.exists(path):     # every process (none may read it before it exists)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
       json.dump(tiny_router.TINY_PROFILE, f)
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
   cfg = tiny_router.config(path)
   for k, v in mesh.items():
     cfg.mesh[k] = v
@@ -195,6 +196,22 @@ def test_resume_ignores_the_mesh_keys(tiny_router_config):
   other.dqn.num_envs = 8
   with pytest.raises(ValueError, match=r"dqn\.num_envs"):
     train_lib.check_resume(other.to_dict(), cfg)
+
+
+def test_resume_of_a_workdir_older_than_a_key_at_its_default(tiny_router_config):
+  """A saved config that lacks a typed key added later (dqn.mask_slack) resumes when the
+  key is set to its default (what the old run meant), and not when it is set otherwise."""
+  cfg = tiny_router_config()
+  saved = cfg.to_dict()
+  del saved["dqn"]["mask_slack"]
+  cfg.dqn.mask_slack = 1.25
+  train_lib.check_resume(saved, cfg)
+  cfg.dqn.mask_slack = 1.0
+  with pytest.raises(ValueError, match=r"dqn\.mask_slack"):
+    train_lib.check_resume(saved, cfg)
+  cfg.dqn.mask_slack, cfg.dqn.unknown_key = 1.25, 3     # not a typed field: still differs
+  with pytest.raises(ValueError, match=r"dqn\.unknown_key"):
+    train_lib.check_resume(saved, cfg)
 
 
 @pytest.mark.parametrize("mesh, message", [
