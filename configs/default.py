@@ -88,6 +88,9 @@ def get_config() -> ml_collections.ConfigDict:
                                                # on_time_else_any: any model when none
                                                # is on time (needs features='predict';
                                                # bes/router/qnetwork.py)
+  config.dqn.mask_slack = 1.25        # the mask's on-time test: predicted latency x this <=
+                                      # the deadline (1.25: the reference greedy's slack;
+                                      # lower also allows models predicted slightly late)
   config.dqn.target_update = "periodic"   # periodic | polyak
   config.dqn.target_period = 2000     # gradient steps between target copies (periodic)
   config.dqn.polyak_tau = 0.005       # (polyak)

@@ -172,6 +172,12 @@ def test_on_time_action_mask_keeps_greedy_choices_feasible():
   np.testing.assert_array_equal(lifted.allowed(obs), [[True, True, False], [True, True, True],
                                                       [True, False, True]])
   np.testing.assert_array_equal(lifted.greedy(q, obs), [1, 0, 2])
+  # A lower mask_slack also allows models predicted slightly late: slack x 1.0 <= 1 admits
+  # 0.81 in row 3 (row 1's 0.9 was allowed already, as the greedy's pick).
+  loose = network.clone(mask_slack=1.0)
+  np.testing.assert_array_equal(loose.allowed(obs), [[True, True, False],
+                                                     [False, False, True],
+                                                     [True, True, True]])
   unmasked = make_qnetwork(layout, Setup.from_config(_config()).dqn)
   np.testing.assert_array_equal(unmasked.greedy(q, obs), [2, 0, 1])
   # The masked values a Double-DQN target argmax-es: the allowed ones kept, the rest far below.

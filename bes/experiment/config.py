@@ -169,6 +169,26 @@ def serving_config_from(env_cfg: ml_collections.ConfigDict, num_tasks: int) -> S
 
 # ------------------------------------------------------------------------- whole configs
 def differing_keys(saved: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
-  """The dotted keys on which a saved config (JSON) and `config` differ, sorted."""
+  """The dotted keys on which a saved config (JSON) and `config` differ, sorted. A key that
+  the saved config lacks matches when `config` sets it to its typed default (a field added
+  after that run, whose default is what the run meant: the feature off)."""
   saved, given = flatten(saved), flatten(config)
-  return sorted(k for k in set(saved) | set(given) if saved.get(k) != given.get(k))
+  return sorted(k for k in set(saved) | set(given) if saved.get(k) != given.get(k)
+                and not (k not in saved and _is_field_default(k, given[k])))
+
+
+_TYPED_SECTIONS = {"dqn": DQNConfig, "train": TrainConfig, "simulate": SimulateConfig}
+
+
+def _is_field_default(key: str, value: Any) -> bool:
+  """Whether dotted `key` ('dqn.mask_slack') is a typed config field and `value` parses to
+  its default."""
+  section, _, name = key.partition(".")
+  cls = _TYPED_SECTIONS.get(section)
+  field = {f.name: f for f in dataclasses.fields(cls)}.get(name) if cls else None
+  if field is None or field.default is dataclasses.MISSING:
+    return False
+  try:
+    return _PARSERS[field.type](value, f"config.{key}") == field.default
+  except (TypeError, ValueError):
+    return False

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from bes.router.features import FEATURES
+from bes.router.features import FEATURES, REFERENCE_SLACK
 from bes.router.qnetwork import ACTION_MASKS, ACTIVATIONS, NORMALISATIONS
 
 TARGET_UPDATES = ("periodic", "polyak")
@@ -64,6 +64,7 @@ class DQNConfig:
   demo: str = ""
   demo_frac: float = 0.0
   action_mask: str = "none"
+  mask_slack: float = REFERENCE_SLACK
 
   def validate(self, where: str = "config.dqn") -> "DQNConfig":
     """Raises ValueError naming `<where>.<field>` when a value is out of range."""
@@ -73,6 +74,7 @@ class DQNConfig:
     for name in ("huber_delta", "max_grad_norm", "learning_rate"):
       _positive(getattr(self, name), f"{where}.{name}")
     _positive(self.rate_scale, f"{where}.rate_scale", "requests/s")
+    _positive(self.mask_slack, f"{where}.mask_slack")
     for name in ("center_rate", "lr_final_frac", "eps_start", "eps_end", "eps_decay_frac",
                  "polyak_tau", "demo_frac"):
       _unit(getattr(self, name), f"{where}.{name}")

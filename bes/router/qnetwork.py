@@ -57,6 +57,7 @@ class QNetwork(nn.Module):
   rate_scale: float = 20.0
   dueling: bool = False
   action_mask: str = "none"
+  mask_slack: float = REFERENCE_SLACK
 
   @property
   def num_actions(self) -> int:
@@ -65,15 +66,17 @@ class QNetwork(nn.Module):
   def allowed(self, obs: jnp.ndarray) -> jnp.ndarray:
     """bool [..., num_actions]: the actions greedy selection may take for (unnormalised)
     observations [..., layout.size]. 'none': all. 'on_time' (features 'predict'): the
-    models the reference greedy predicts on time (predicted latency x its slack <= the
-    deadline, read from the 'slack' block) and the greedy's own pick ('advice'), so the
+    models predicted on time (predicted latency x `mask_slack` <= the deadline, read from
+    the 'slack' block; the default is the reference greedy's own slack, so a smaller
+    `mask_slack` also allows models predicted slightly late) and the greedy's pick
+    ('advice'), so the
     learned router chooses among what the heuristic deems feasible (a learned policy
     inside the classical controller's constraint). 'on_time_else_any': the same, but every
     model when none is predicted on time (overload: the router's own choice, not the
     greedy's fallback)."""
     if self.action_mask == "none":
       return jnp.ones(obs.shape[:-1] + (self.num_actions,), bool)
-    on_time = self.layout.take(obs, "slack") * REFERENCE_SLACK <= 1.0
+    on_time = self.layout.take(obs, "slack") * self.mask_slack <= 1.0
     allowed = on_time | (self.layout.take(obs, "advice") > 0.5)
     if self.action_mask == "on_time_else_any":
       allowed = allowed | ~jnp.any(on_time, axis=-1, keepdims=True)
@@ -104,4 +107,4 @@ def make_qnetwork(layout: ObservationLayout, cfg: DQNConfig) -> QNetwork:
   `DQNConfig` (`bes/router/config.py`) describes."""
   return QNetwork(layout=layout, hidden=cfg.hidden, activation=cfg.activation,
                   obs_norm=cfg.obs_norm, rate_scale=cfg.rate_scale, dueling=cfg.dueling,
-                  action_mask=cfg.action_mask)
+                  action_mask=cfg.action_mask, mask_slack=cfg.mask_slack)
