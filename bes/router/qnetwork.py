@@ -69,9 +69,8 @@ class QNetwork(nn.Module):
     models predicted on time (predicted latency x `mask_slack` <= the deadline, read from
     the 'slack' block; the default is the reference greedy's own slack, so a smaller
     `mask_slack` also allows models predicted slightly late) and the greedy's pick
-    ('advice'), so the
-    learned router chooses among what the heuristic deems feasible (a learned policy
-    inside the classical controller's constraint). 'on_time_else_any': the same, but every
+    ('advice'), so the learned router chooses among what the heuristic deems feasible (a
+    learned policy inside the classical controller's constraint). 'on_time_else_any': the same, but every
     model when none is predicted on time (overload: the router's own choice, not the
     greedy's fallback)."""
     if self.action_mask == "none":

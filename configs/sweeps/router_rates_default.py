@@ -1,6 +1,6 @@
 """Availability vs arrival rate (router_rates.py) for the default router: the same points,
-baselines and requests, the router of configs/experiments_default.py, and two rates above
-them (160, 192 and 256 req/s: 10x, 12x and 16x what static OPT-6.7B sustains on 4 GPUs,
+baselines and requests, the router of configs/experiments_default.py, and three rates
+above them (160, 192 and 256 req/s: 10x, 12x and 16x what static OPT-6.7B sustains on 4 GPUs,
 so that the paper's "> 10x" is measured rather than capped by the top of the sweep).
 
   python launch/sweep.py --sweep=configs/sweeps/router_rates_default.py \
