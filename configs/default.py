@@ -88,6 +88,8 @@ def get_config() -> ml_collections.ConfigDict:
                                                # on_time_else_any: any model when none
                                                # is on time (needs features='predict';
                                                # bes/router/qnetwork.py)
+  config.dqn.reference = "1.25,1,0"   # the reference greedy (predict features, demo, mask):
+                                      # its slack,turnover,dump (bes/heuristics.py)
   config.dqn.mask_slack = 1.25        # the mask's on-time test: predicted latency x this <=
                                       # the deadline (1.25: the reference greedy's slack;
                                       # lower also allows models predicted slightly late)

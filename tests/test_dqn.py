@@ -331,7 +331,9 @@ def test_trimmed_workdir_loads_the_same_router_and_refuses_to_resume(trained, tm
     ("dqn.huber_delta", 0.0), ("dqn.max_grad_norm", 0.0), ("dqn.center_rate", 2.5),
     ("dqn.lr_final_frac", -0.5), ("train.eval_episodes", 0), ("train.eval_episode_len", 0),
     ("dqn.num_envs", "x"), ("dqn.action_mask", "always"), ("dqn.action_mask", "on_time"),
-    ("dqn.action_mask", "on_time_else_any"),
+    ("dqn.action_mask", "on_time_else_any"), ("dqn.mask_slack", 0.0),
+    ("dqn.reference", "1.25,1"), ("dqn.reference", "0,1,0"), ("dqn.reference", "1.25,2,0"),
+    ("dqn.reference", "1.25,1,0.5"), ("dqn.reference", "1.25,x,0"),
 ])
 def test_bad_config_raises_naming_the_field(field, value):
   config = _tabular_config()

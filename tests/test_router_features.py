@@ -8,6 +8,7 @@ from bes import policies
 from bes.env import observation
 from bes.env import instances as inst
 from bes.experiment import Setup
+from bes.experiment import train as train_lib, workdir as workdir_lib
 from bes.router import dqn, features
 from bes.router.policy import LearnedPolicy
 from bes.router.qnetwork import make_qnetwork
@@ -141,6 +142,26 @@ def test_training_with_predict_features_and_demonstrations():
   reference = features.reference_greedy(params_env)
   assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, demo, reference))
   _train_one_chunk(setup, extra_per_model=4)
+
+
+def test_reference_knobs_reach_the_demonstrator_and_the_predictor(tmp_path):
+  """dqn.reference (slack, turnover, dump) builds the demonstrator, the training predictor
+  and the predictor a loaded policy carries (the serving runtime's) alike."""
+  config = _config()
+  config.dqn.features, config.dqn.demo, config.dqn.demo_frac = "predict", "deadline_greedy", 0.5
+  config.dqn.reference = "2,0,1"
+  setup = Setup.from_config(config)
+  assert setup.dqn.reference == (2.0, 0.0, 1.0)
+  params_env = setup.env(credit=True)[1]
+  demo = dqn._demonstrator(setup.dqn, params_env, False)
+  layout = features.layout(setup.env()[0].num_tasks, setup.env()[0].num_models, "predict")
+  for greedy in (demo, features.predictor(layout, params_env, knobs=setup.dqn.reference)):
+    assert (float(greedy.slack), float(greedy.turnover), float(greedy.dump)) == (2.0, 0.0, 1.0)
+  default = features.reference_greedy(params_env)
+  assert (float(default.slack), float(default.turnover), float(default.dump)) == (1.25, 1.0, 0.0)
+  train_lib.train(setup, str(tmp_path), log=lambda m: None, stop_after_chunks=1)
+  [policy] = workdir_lib.load_policies(str(tmp_path))
+  assert (float(policy.predictor.slack), float(policy.predictor.dump)) == (2.0, 1.0)
 
 
 def test_on_time_action_mask_keeps_greedy_choices_feasible():

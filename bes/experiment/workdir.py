@@ -112,7 +112,8 @@ def load_policies(workdir: str) -> list[LearnedPolicy]:
   # while evaluation runs on each process's own devices.
   params = jax.tree_util.tree_map(jnp.asarray, distributed.fetch(
       checkpoint.restore_params(workdir, step, like)))
-  predictor = features_lib.predictor(layout, setup.env()[1]) if layout.needs_predictor else None
+  predictor = (features_lib.predictor(layout, setup.env()[1], knobs=setup.dqn.reference)
+               if layout.needs_predictor else None)
   return [LearnedPolicy(params=jax.tree_util.tree_map(lambda x, s=s: x[s], params),
                         network=network, predictor=predictor)
           for s in range(setup.num_seeds)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from bes.router.features import FEATURES, REFERENCE_SLACK
+from bes.router.features import FEATURES, REFERENCE_KNOBS, REFERENCE_SLACK
 from bes.router.qnetwork import ACTION_MASKS, ACTIVATIONS, NORMALISATIONS
 
 TARGET_UPDATES = ("periodic", "polyak")
@@ -65,6 +65,7 @@ class DQNConfig:
   demo_frac: float = 0.0
   action_mask: str = "none"
   mask_slack: float = REFERENCE_SLACK
+  reference: tuple[float, ...] = REFERENCE_KNOBS
 
   def validate(self, where: str = "config.dqn") -> "DQNConfig":
     """Raises ValueError naming `<where>.<field>` when a value is out of range."""
@@ -75,6 +76,11 @@ class DQNConfig:
       _positive(getattr(self, name), f"{where}.{name}")
     _positive(self.rate_scale, f"{where}.rate_scale", "requests/s")
     _positive(self.mask_slack, f"{where}.mask_slack")
+    if (len(self.reference) != 3 or not self.reference[0] > 0
+        or not 0 <= self.reference[1] <= 1 or self.reference[2] not in (0, 1)):
+      raise ValueError(f"{where}.reference: expected the reference greedy's 'slack,turnover,"
+                       f"dump' (slack > 0, turnover in [0, 1], dump 0 or 1), got "
+                       f"{self.reference!r}")
     for name in ("center_rate", "lr_final_frac", "eps_start", "eps_end", "eps_decay_frac",
                  "polyak_tau", "demo_frac"):
       _unit(getattr(self, name), f"{where}.{name}")

@@ -124,7 +124,7 @@ def _demonstrator(d: DQNConfig, env_params: EnvParams, params_batched: bool):
   environment."""
   if not d.demo or d.demo_frac == 0:
     return None
-  return features_lib.reference_greedy(env_params, params_batched)
+  return features_lib.reference_greedy(env_params, params_batched, d.reference)
 
 
 def make_train(d: DQNConfig, train: TrainConfig, env: ServingEnv, env_params: EnvParams,
@@ -161,7 +161,7 @@ def make_train(d: DQNConfig, train: TrainConfig, env: ServingEnv, env_params: En
   params_axis = 0 if params_batched else None
   v_reset = jax.vmap(env.reset, in_axes=(0, params_axis))
   v_step = jax.vmap(env.step_async, in_axes=(0, 0, 0, params_axis, None))
-  predictor = features_lib.predictor(layout, env_params, params_batched)
+  predictor = features_lib.predictor(layout, env_params, params_batched, d.reference)
   v_features = jax.vmap(lambda o, s: features_lib.extend(o, s, layout, predictor))
   demonstrator = _demonstrator(d, env_params, params_batched)
 

@@ -26,6 +26,7 @@ from bes.env import observation
 
 REFERENCE_SLACK = 1.25  # the greedy's slack tuned on the default workload
                         # (results/router_default/heuristics.json)
+REFERENCE_KNOBS = (REFERENCE_SLACK, 1.0, 0.0)  # its (slack, turnover, dump): `dqn.reference`
 
 FEATURES = tuple(observation.FEATURES)
 
@@ -42,24 +43,28 @@ def layout(num_tasks: int, num_models: int, name: str) -> observation.Observatio
   return observation.ObservationLayout(int(num_tasks), int(num_models), check(name))
 
 
-def reference_greedy(env_params, params_batched: bool = False) -> heuristics.DeadlineGreedy:
-  """The deadline-aware greedy with slack REFERENCE_SLACK, turnover 1, no dump and the mean
-  lengths of `env_params`' workload: the demonstrator of `dqn.demo` and the latency
-  predictor of `features='predict'`. With `params_batched` (a stack of EnvParams, e.g. one
-  arrival rate each) the first is used: latency tables, quality, deadlines and length
-  distributions do not vary across such a stack."""
+def reference_greedy(env_params, params_batched: bool = False,
+                     knobs: tuple = REFERENCE_KNOBS) -> heuristics.DeadlineGreedy:
+  """The deadline-aware greedy with `knobs` = (slack, turnover, dump) (`dqn.reference`;
+  default REFERENCE_KNOBS: slack 1.25, turnover 1, no dump) and the mean lengths of
+  `env_params`' workload: the demonstrator of `dqn.demo` and the latency predictor of
+  `features='predict'`. With `params_batched` (a stack of EnvParams, e.g. one arrival rate
+  each) the first is used: latency tables, quality, deadlines and length distributions do
+  not vary across such a stack."""
   params = jax.tree_util.tree_map(lambda x: x[0], env_params) if params_batched else env_params
   prompt, output = heuristics.mean_lengths(params.workload, jax.random.PRNGKey(0))
-  return heuristics.deadline_greedy(params, output, prompt, slack=REFERENCE_SLACK)
+  slack, turnover, dump = knobs
+  return heuristics.deadline_greedy(params, output, prompt, slack=slack, turnover=turnover,
+                                    dump=dump)
 
 
 def predictor(obs_layout: observation.ObservationLayout, env_params,
-              params_batched: bool = False):
+              params_batched: bool = False, knobs: tuple = REFERENCE_KNOBS):
   """The latency predictor `obs_layout` needs (`reference_greedy` of the training
-  environment's params), or None when it needs none."""
+  environment's params with `knobs`), or None when it needs none."""
   if not obs_layout.needs_predictor:
     return None
-  return reference_greedy(env_params, params_batched)
+  return reference_greedy(env_params, params_batched, knobs)
 
 
 def extend(obs: jnp.ndarray, state, obs_layout: observation.ObservationLayout,
