@@ -70,9 +70,9 @@ class QNetwork(nn.Module):
     the 'slack' block; the default is the reference greedy's own slack, so a smaller
     `mask_slack` also allows models predicted slightly late) and the greedy's pick
     ('advice'), so the learned router chooses among what the heuristic deems feasible (a
-    learned policy inside the classical controller's constraint). 'on_time_else_any': the same, but every
-    model when none is predicted on time (overload: the router's own choice, not the
-    greedy's fallback)."""
+    learned policy inside the classical controller's constraint). 'on_time_else_any': the
+    same, but every model when none is predicted on time (overload: the router's own
+    choice, not the greedy's fallback)."""
     if self.action_mask == "none":
       return jnp.ones(obs.shape[:-1] + (self.num_actions,), bool)
     on_time = self.layout.take(obs, "slack") * self.mask_slack <= 1.0
