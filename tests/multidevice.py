@@ -72,7 +72,8 @@ def free_port() -> int:
 
 
 def _kill_all(procs) -> list[tuple[int, str]]:
-  """Kills the processes still running; (index, stderr) of each."""
+  """Kills the processes still running; (index, stderr) of each whose output was not read
+  yet."""
   out = []
   for i, proc in enumerate(procs):
     if proc.poll() is None:
@@ -115,7 +116,7 @@ def run_processes(num_processes: int, script: str, devices_per_process: int = 1,
         out, err = proc.communicate()
         pending.discard(pid)
         if proc.returncode != 0:
-          others = "".join(f"\n--- process {i}/{num_processes}, killed:\n{_first_error(e)}"
+          others = "".join(f"\n--- process {i}/{num_processes}:\n{_first_error(e)}"
                            for i, e in _kill_all(procs) if i != pid)
           pytest.fail(f"process {pid}/{num_processes} exited {proc.returncode}; stderr tail:\n"
                       f"{err[-3000:]}{others}")
@@ -124,8 +125,5 @@ def run_processes(num_processes: int, script: str, devices_per_process: int = 1,
         pytest.fail(f"processes {sorted(pending)} of {num_processes} ran past {timeout} s")
       time.sleep(0.1)
   finally:
-    for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
-        proc.communicate()
+    _kill_all(procs)
   return results
